@@ -1,0 +1,68 @@
+"""The `fakeforge` console script: one subcommand per stage, each living in its own module.
+
+Subcommand modules are imported only when used, so `fakeforge ls` or `fakeforge validate` start
+fast and never load torch models.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, function adding arguments, function running the command, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "build": ("fakeforge.build.cli", "add_build_arguments", "run_build",
+              "build real/fake image sets as WebDataset shards from a build config"),
+    "validate": ("fakeforge.build.cli", "add_validate_arguments", "run_validate",
+                 "check build/generator configs without loading any model"),
+    "verify": ("fakeforge.shards.verify", "add_arguments", "run",
+               "check a built dataset folder against its manifest"),
+    "ls": ("fakeforge.build.cli", "add_ls_arguments", "run_ls",
+           "list registered generators, generator presets, attacks, detectors and tiny twins"),
+    "tiny-models": ("fakeforge.tiny.cli", "add_arguments", "run",
+                    "build the tiny random-weight twins of every model family (offline)"),
+    "train": ("detector.cli", "add_train_arguments", "run_train", "train a detector on shard sets"),
+    "stats": ("detector.cli", "add_stats_arguments", "run_stats",
+              "compute per-channel mean/std of training shards"),
+    "detect": ("detector.cli", "add_detect_arguments", "run_detect", "classify images or folders"),
+    "eval": ("detector.cli", "add_eval_arguments", "run_eval",
+             "per-set accuracy/AUC/AP table over shard sets or folders"),
+    "convert-antifakeprompt": ("detector.cli", "add_convert_arguments", "run_convert",
+                               "convert an official AntifakePrompt LAVIS checkpoint"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fakeforge", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, add_fn, _run, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        getattr(importlib.import_module(module), add_fn)(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fakeforge` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.command:
+        parser.print_help()
+        return 2
+    module, _add, run_fn, _help = COMMANDS[args.command]
+    from fakeforge.config import ConfigError
+    from fakeforge.registry import UnknownNameError
+
+    try:
+        return int(getattr(importlib.import_module(module), run_fn)(args) or 0)
+    except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
+        print(f"fakeforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Tiny random-weight twins of every model family, built offline in the normal Hugging Face folder format.
+
+A twin is a real diffusers/transformers/timm class (or a TorchScript file with the real call contract)
+built small from a config, saved with `save_pretrained`, and loaded back by the same
+`from_pretrained(path)` code a user's real weights take. `--tiny` swaps each config's model id for
+the path of its twin (see `ensure_tiny`).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from fakeforge.registry import Registry
+
+TWINS = Registry("tiny twin")
+# name -> "module:builder"; a builder takes the output folder and writes the twin into it.
+TWINS.register("sd2", "fakeforge.tiny.diffusers_twins:build_sd2", "StableDiffusionPipeline (SD2.1 layout)")
+TWINS.register("sdxl", "fakeforge.tiny.diffusers_twins:build_sdxl", "StableDiffusionXLPipeline")
+TWINS.register("sd3", "fakeforge.tiny.diffusers_twins:build_sd3", "StableDiffusion3Pipeline with T5")
+TWINS.register("instructblip", "fakeforge.tiny.instructblip:build_instructblip",
+               "InstructBlipForConditionalGeneration + processor")
+# editing and super-resolution twins (issue 4)
+for _name, _help in [("sd2_inpaint", "StableDiffusionInpaintPipeline (9-channel UNet)"),
+                     ("sd_x4_upscaler", "StableDiffusionUpscalePipeline (x4)"),
+                     ("sd_latent_upscaler", "StableDiffusionLatentUpscalePipeline (x2)"),
+                     ("controlnet_canny", "StableDiffusionControlNetPipeline with a canny ControlNet"),
+                     ("liif", "LIIF (EDSR-baseline encoder + implicit MLP) state dict"),
+                     ("lama", "TorchScript model with big-lama.pt's call contract")]:
+    TWINS.register(_name, f"fakeforge.tiny.editing_twins:build_{_name}", _help)
+
+MARKER = "fakeforge_tiny.json"
+
+
+def tiny_root() -> Path:
+    """Where twins live: $FAKEFORGE_TINY_DIR, else ~/.cache/fakeforge/tiny."""
+    env = os.environ.get("FAKEFORGE_TINY_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "fakeforge" / "tiny"
+
+
+@contextlib.contextmanager
+def _locked(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_tiny(name: str, root: str | Path | None = None, force: bool = False) -> Path:
+    """Build twin `name` under `root` (temp folder, then rename); return its folder."""
+    TWINS.check(name)
+    root = Path(root) if root else tiny_root()
+    target = root / name
+    with _locked(root):
+        if (target / MARKER).is_file() and not force:
+            return target
+        tmp = root / f".{name}.building"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        start = time.time()
+        TWINS.get(name)(tmp)
+        (tmp / MARKER).write_text(json.dumps({"twin": name, "of": TWINS.help(name),
+                                              "build_seconds": round(time.time() - start, 2)}))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+def ensure_tiny(name: str, root: str | Path | None = None) -> Path:
+    """Path of twin `name`, building it first if it is missing (safe across concurrent processes)."""
+    root = Path(root) if root else tiny_root()
+    if (root / name / MARKER).is_file():
+        return root / name
+    return build_tiny(name, root)

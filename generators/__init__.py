@@ -1,0 +1,84 @@
+"""Generators: the registry of generator classes and the named presets under configs/generators/.
+
+`GENERATORS` maps a generator *type* (the `type:` key of a preset) to its class, imported lazily so
+that importing this package never imports diffusers or torch. A *preset* is one YAML file per
+named generator (configs/generators/sd2.yaml, ...); build configs refer to presets by name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakeforge.config import CONFIG_ROOT, ConfigError, deep_merge, load_yaml
+from fakeforge.registry import Registry, UnknownNameError
+
+GENERATORS = Registry("generator type")
+GENERATORS.register("real", "generators.real:RealImage", "the real source image itself (real sets)")
+GENERATORS.register("text2image", "generators.text2image:Text2Image",
+                    "any diffusers text-to-image pipeline (SD1.x/2.x, SDXL, SD3, PixArt, FLUX, ...)")
+
+# editing and super-resolution generators (start from a real image)
+GENERATORS.register("inpaint", "generators.inpaint:Inpaint", "diffusers inpainting (SD2 inpainting = SD2IP)")
+GENERATORS.register("lama", "generators.lama:LamaInpaint", "LaMa TorchScript checkpoint (big-lama.pt)")
+GENERATORS.register("upscale", "generators.superres:DiffusersUpscale", "SD x4 upscaler / SD latent x2 upscaler")
+GENERATORS.register("liif", "generators.liif:LiifSuperRes", "LIIF arbitrary-scale super-resolution")
+GENERATORS.register("img2img", "generators.img2img:Img2Img", "SDEdit image-to-image with a strength")
+GENERATORS.register("controlnet", "generators.controlnet:ControlNetCanny", "ControlNet on canny edges + caption")
+
+PRESET_DIR = CONFIG_ROOT / "generators"
+
+
+def preset_names() -> list[str]:
+    """Names of the generator presets shipped in configs/generators/."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict:
+    """The raw YAML of preset `name`; unknown names list the valid ones."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        import difflib
+
+        names = preset_names()
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(f"unknown generator '{name}'.{hint} Valid generators: {', '.join(names)}")
+    return load_yaml(path)
+
+
+def resolve_generator_spec(spec: str | dict) -> dict:
+    """A build config's `generator:` entry -> full raw generator config.
+
+    Accepts a preset name ("sd2"), a mapping with `preset:` plus overrides, or a full mapping with `type:`.
+    """
+    if isinstance(spec, str):
+        return load_preset(spec)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"'generator' must be a preset name or a mapping, got {spec!r}")
+    spec = dict(spec)
+    preset = spec.pop("preset", None)
+    base = load_preset(preset) if preset else {}
+    merged = deep_merge(base, spec)
+    if "type" not in merged:
+        raise ConfigError(f"generator config {spec!r} needs a 'type' (one of {', '.join(GENERATORS.names())}) "
+                          f"or a 'preset' (one of {', '.join(preset_names())})")
+    return merged
+
+
+def generator_config(raw: dict, tiny: bool = False, tiny_root: str | Path | None = None):
+    """Validate raw generator data into its config dataclass; with `tiny`, swap in the tiny twin."""
+    from fakeforge.config import from_dict
+
+    kind = raw.get("type")
+    GENERATORS.check(kind)
+    cls = GENERATORS.get(kind)
+    if tiny:
+        raw = deep_merge(raw, raw.get("tiny") or {})
+    cfg = from_dict(cls.config_class, raw, "generator")
+    if tiny and cfg.tiny_twin:
+        from fakeforge.tiny import TWINS, tiny_root as default_root
+
+        TWINS.check(cfg.tiny_twin)
+        root = Path(tiny_root) if tiny_root else default_root()
+        cfg.model_id = str(root / cfg.tiny_twin)
+    cfg.check()
+    return cls, cfg

@@ -1,0 +1,139 @@
+"""The generator interface: a config dataclass, a request/result pair, and one batched `generate` call.
+
+A generator turns a batch of `GenRequest`s (caption, per-sample seed, optionally the real source
+image) into `GenResult`s. A failure of one sample is data: the result carries `error` and the build
+goes on. `generate_safe` retries a failed batch one sample at a time so a single bad input cannot
+sink its neighbours.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class SampleError(RuntimeError):
+    """A per-sample failure (NaN output, unusable input): recorded in the shard stats, never fatal."""
+
+
+@dataclass
+class GeneratorConfig:
+    """Settings every generator shares. Subclasses add their own fields (diffusers argument names).
+
+    type: registry name of the generator class (e.g. "text2image").
+    model_id: hub id or local folder; `--tiny` replaces it with the tiny twin named by `tiny_twin`.
+    tiny: overrides applied together with `--tiny` (e.g. a small resolution and 2 steps).
+    dtype: "auto" = float16 on CUDA (bfloat16 for models that prefer it), float32 on CPU.
+    """
+
+    type: str
+    model_id: str | None = None
+    tiny_twin: str | None = None
+    tiny: dict = field(default_factory=dict)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    batch_size: int = 4
+    description: str = ""
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"generator.batch_size = {self.batch_size} must be >= 1")
+
+    def check(self) -> None:
+        """Deeper checks that may import libraries (never load weights). Subclasses extend."""
+
+
+@dataclass
+class GenRequest:
+    """One sample to make. `image` is the real source image (RGB) for editing/SR generators."""
+
+    key: str
+    prompt: str
+    seed: int
+    source_image_id: str = ""
+    image: Image.Image | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenResult:
+    """What came out: an RGB image, or an error string. `mask` (uint8 HxW, 255 = edited) is stored
+    beside the image; `extra` goes into the sample's metadata."""
+
+    image: Image.Image | None = None
+    error: str | None = None
+    mask: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def torch_dtype(name: str, device: str, prefer: str = "float16"):
+    """Resolve a config dtype name; "auto" = `prefer` on CUDA, float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        name = prefer if str(device).startswith("cuda") else "float32"
+    return getattr(torch, name)
+
+
+def array_to_pil(arr: np.ndarray) -> Image.Image:
+    """One HxWx3 float image in [0,1] to PIL; NaN/inf raise SampleError."""
+    if not np.isfinite(arr).all():
+        raise SampleError("generated image contains NaN/inf values")
+    return Image.fromarray(np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8))
+
+
+class Generator:
+    """Base class. Subclasses set `config_class`, implement `load` and `generate`."""
+
+    config_class: ClassVar[type[GeneratorConfig]] = GeneratorConfig
+    #: True when each request must carry the real source image.
+    needs_source_image: ClassVar[bool] = False
+    #: label written into every sample's metadata.
+    label: ClassVar[str] = "fake"
+
+    def __init__(self, config: GeneratorConfig, device: str = "cpu"):
+        self.config = config
+        self.device = str(device)
+
+    def load(self) -> None:
+        """Load weights (called once per process, after every config check passed)."""
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Make one batch. May raise; `generate_safe` turns exceptions into per-sample errors."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """Generation settings recorded in every sample's metadata."""
+        from fakeforge.config import to_dict
+
+        data = to_dict(self.config)
+        data.pop("tiny", None)
+        data.pop("description", None)
+        return data
+
+    def generate_safe(self, requests: list[GenRequest]) -> list[GenResult]:
+        """`generate`, but a failing batch is retried one sample at a time; errors become results."""
+        try:
+            results = self.generate(requests)
+            if len(results) != len(requests):
+                raise RuntimeError(f"generator returned {len(results)} results for {len(requests)} requests")
+            return results
+        except Exception as exc:  # noqa: BLE001 - per-sample failures are data
+            if len(requests) == 1:
+                return [GenResult(error=_describe(exc))]
+            log.warning("batch of %d failed (%s); retrying one by one", len(requests), _describe(exc))
+        out = []
+        for req in requests:
+            try:
+                out.extend(self.generate([req]))
+            except Exception as exc:  # noqa: BLE001
+                out.append(GenResult(error=_describe(exc)))
+        return out
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

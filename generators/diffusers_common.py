@@ -1,0 +1,142 @@
+"""Shared plumbing for generators that wrap a diffusers pipeline.
+
+Loads a pipeline by class name (or an Auto class) with the safety checker off, swaps the scheduler
+by class name, makes one CPU `torch.Generator` per sample (so a sample's image depends on its own
+seed, not on its batch neighbours or the GPU model), and converts `output_type="np"` results into
+PIL images, turning NaN outputs into per-sample errors.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fakeforge.config import ConfigError
+from generators.base import GenRequest, GenResult, Generator, GeneratorConfig, SampleError, array_to_pil, torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DiffusersConfig(GeneratorConfig):
+    """Settings of a diffusers-backed generator; names follow the diffusers `__call__` arguments.
+
+    pipeline: diffusers pipeline class name; empty = the Auto class for the generator's task.
+    scheduler: scheduler class name (e.g. "DPMSolverMultistepScheduler"), built from the pipeline's
+        scheduler config plus `scheduler_kwargs`; empty keeps the checkpoint's scheduler.
+    call_kwargs: any further `__call__` arguments (e.g. max_sequence_length for SD3).
+    """
+
+    pipeline: str | None = None
+    scheduler: str | None = None
+    scheduler_kwargs: dict = field(default_factory=dict)
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    variant: str | None = None
+    prefer_dtype: str = "float16"
+    call_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_inference_steps < 1:
+            raise ValueError(f"generator.num_inference_steps = {self.num_inference_steps} must be >= 1")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v is not None and (v < 8 or v % 8):
+                raise ValueError(f"generator.{name} = {v} must be a positive multiple of 8")
+
+    def check(self) -> None:
+        """Check class names against the installed diffusers (imports diffusers; loads no weights)."""
+        if not self.model_id:
+            raise ConfigError(f"generator type '{self.type}' needs a model_id")
+        import diffusers
+
+        if self.pipeline:
+            cls = getattr(diffusers, self.pipeline, None)
+            if not (inspect.isclass(cls) and issubclass(cls, diffusers.DiffusionPipeline)):
+                raise ConfigError(f"generator.pipeline = '{self.pipeline}' is not a diffusers pipeline class")
+        if self.scheduler:
+            cls = getattr(diffusers, self.scheduler, None)
+            if not (inspect.isclass(cls) and issubclass(cls, diffusers.SchedulerMixin)):
+                known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+                raise ConfigError(f"unknown scheduler '{self.scheduler}'; valid schedulers: {', '.join(known)}")
+
+
+def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str):
+    """from_pretrained(cfg.model_id) with the right class, dtype, safety checker off and no progress bar."""
+    import diffusers
+
+    dtype = torch_dtype(cfg.dtype, device, cfg.prefer_dtype)
+    cls = getattr(diffusers, cfg.pipeline) if cfg.pipeline else None
+    try:
+        index = diffusers.DiffusionPipeline.load_config(cfg.model_id)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the model id and what to do
+        raise ConfigError(f"cannot read model_index.json of model_id '{cfg.model_id}': {exc}. "
+                          "Use a local folder, a cached hub id, or --tiny for the offline twin.") from None
+    if cls is None and index.get("_class_name"):
+        cls = getattr(diffusers, index["_class_name"], None)
+    params = inspect.signature(cls.__init__).parameters if cls is not None else {}
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    if cfg.variant:
+        kwargs["variant"] = cfg.variant
+    if "safety_checker" in index or "safety_checker" in params:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if "add_watermarker" in params:
+        kwargs["add_watermarker"] = False
+    if cfg.pipeline is None:
+        cls = getattr(diffusers, auto_class)
+    pipe = cls.from_pretrained(cfg.model_id, **kwargs)
+    if cfg.scheduler:
+        sched_cls = getattr(diffusers, cfg.scheduler)
+        pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **cfg.scheduler_kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def seeded_generators(seeds: list[int]):
+    """One CPU torch.Generator per sample: reproducible across GPUs and independent of batching."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def images_to_results(images) -> list[GenResult]:
+    """`output_type="np"` batch -> results; a NaN image becomes that sample's error."""
+    out = []
+    for arr in images:
+        try:
+            out.append(GenResult(image=array_to_pil(arr)))
+        except SampleError as exc:
+            out.append(GenResult(error=str(exc)))
+    return out
+
+
+class DiffusersGenerator(Generator):
+    """Base for diffusers-backed generators: loads `self.pipe`, calls it with the common arguments."""
+
+    config_class = DiffusersConfig
+    auto_class = "AutoPipelineForText2Image"
+
+    def load(self) -> None:
+        self.pipe = load_pipeline(self.config, self.device, self.auto_class)
+
+    def common_call_kwargs(self, requests: list[GenRequest]) -> dict:
+        """Arguments shared by every diffusers task, in diffusers' own names."""
+        cfg = self.config
+        kwargs = dict(prompt=[r.prompt for r in requests], num_inference_steps=cfg.num_inference_steps,
+                      guidance_scale=cfg.guidance_scale, generator=seeded_generators([r.seed for r in requests]),
+                      output_type="np")
+        if cfg.negative_prompt is not None:
+            kwargs["negative_prompt"] = [cfg.negative_prompt] * len(requests)
+        kwargs.update(cfg.call_kwargs)
+        return kwargs
+
+    def settings(self) -> dict:
+        data = super().settings()
+        data["safety_checker"] = "disabled"
+        data["rng"] = "cpu torch.Generator per sample"
+        return data
