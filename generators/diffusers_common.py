@@ -80,7 +80,7 @@ def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str):
     if cls is None and index.get("_class_name"):
         cls = getattr(diffusers, index["_class_name"], None)
     params = inspect.signature(cls.__init__).parameters if cls is not None else {}
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if cfg.variant:
         kwargs["variant"] = cfg.variant
     if "safety_checker" in index or "safety_checker" in params:
@@ -89,12 +89,22 @@ def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str):
         kwargs["add_watermarker"] = False
     if cfg.pipeline is None:
         cls = getattr(diffusers, auto_class)
+    quiet_hub_progress()
     pipe = cls.from_pretrained(cfg.model_id, **kwargs)
     if cfg.scheduler:
         sched_cls = getattr(diffusers, cfg.scheduler)
         pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **cfg.scheduler_kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def quiet_hub_progress() -> None:
+    """No per-component loading bars from diffusers/transformers (the build has its own bar)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def seeded_generators(seeds: list[int]):
@@ -139,4 +149,6 @@ class DiffusersGenerator(Generator):
         data = super().settings()
         data["safety_checker"] = "disabled"
         data["rng"] = "cpu torch.Generator per sample"
+        if getattr(self, "pipe", None) is not None:
+            data["dtype_resolved"] = str(self.pipe.dtype).replace("torch.", "")
         return data

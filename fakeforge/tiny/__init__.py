@@ -53,6 +53,18 @@ def _locked(root: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _quiet() -> None:
+    """Silence the per-file progress bars of save_pretrained while twins are written."""
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def build_tiny(name: str, root: str | Path | None = None, force: bool = False) -> Path:
     """Build twin `name` under `root` (temp folder, then rename); return its folder."""
     TWINS.check(name)
@@ -65,6 +77,7 @@ def build_tiny(name: str, root: str | Path | None = None, force: bool = False) -
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         start = time.time()
+        _quiet()
         TWINS.get(name)(tmp)
         (tmp / MARKER).write_text(json.dumps({"twin": name, "of": TWINS.help(name),
                                               "build_seconds": round(time.time() - start, 2)}))

@@ -1,0 +1,125 @@
+"""CLI of the dataset builder: `fakeforge build`, `fakeforge validate`, `fakeforge ls`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fakeforge.config import ConfigError
+
+log = logging.getLogger("fakeforge.build")
+
+BUILD_EPILOG = """examples:
+  fakeforge build --tiny                                  # embedded demo source, tiny twins, runs/demo
+  fakeforge build --config antifakeprompt_train --limit 100 --tiny   # dry-run the paper recipe
+  fakeforge build --config configs/build/my.yaml --set sets.1.generator.num_inference_steps=30
+  accelerate launch build_dataset.py --config antifakeprompt_test   # one process per GPU
+Rerun the same command to resume: finished shards are skipped."""
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None,
+                        help="build config: a YAML path or a name under configs/build/ (default: 'default')")
+    parser.add_argument("--output", default=None, help="output folder (overrides the config's 'output')")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N source images of each set")
+    parser.add_argument("--tiny", action="store_true", help="swap every model id for its tiny random-weight twin")
+    parser.add_argument("--tiny-dir", default=None, help="where tiny twins live (default $FAKEFORGE_TINY_DIR "
+                                                         "or ~/.cache/fakeforge/tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. source.limit=100 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.epilog = BUILD_EPILOG
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from fakeforge.build.config import resolve_build
+    from fakeforge.build.runner import build
+
+    resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
+                             tiny_root=args.tiny_dir)
+    if args.tiny:
+        from fakeforge.tiny import ensure_tiny
+
+        for rset in resolved.sets:
+            twin = rset.generator_raw.get("tiny_twin")
+            if twin:
+                ensure_tiny(twin, args.tiny_dir)
+    summary = build(resolved, progress=not args.no_progress)
+    if summary.get("manifest") is not None:
+        print(f"wrote {resolved.output} ({sum(v['count'] for v in summary['manifest'].values())} samples); "
+              f"check it with: fakeforge verify {resolved.output}")
+    return 0
+
+
+def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("configs", nargs="*", metavar="CONFIG",
+                        help="build configs (paths or names); default: every file in configs/build/ "
+                             "and configs/generators/")
+    parser.add_argument("--tiny", action="store_true", help="validate with the tiny-twin overrides applied")
+    parser.epilog = "examples:\n  fakeforge validate\n  fakeforge validate configs/build/antifakeprompt_train.yaml"
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Check configs without loading any model; exit 1 if any is invalid."""
+    from fakeforge.build.config import resolve_build
+    from fakeforge.config import CONFIG_ROOT
+    from fakeforge.registry import UnknownNameError
+    from generators import generator_config, load_preset, preset_names
+
+    failures = 0
+    targets = args.configs or [str(p) for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))]
+    for target in targets:
+        try:
+            r = resolve_build(target, tiny=args.tiny)
+            print(f"ok   build  {target}: sets {', '.join(s.name for s in r.sets)} (config_hash {r.hash})")
+        except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
+            failures += 1
+            print(f"FAIL build  {target}: {exc}", file=sys.stderr)
+    if not args.configs:
+        for name in preset_names():
+            try:
+                generator_config(load_preset(name), tiny=args.tiny)
+                print(f"ok   preset {name}")
+            except (ConfigError, UnknownNameError) as exc:
+                failures += 1
+                print(f"FAIL preset {name}: {exc}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def add_ls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=["all", "generators", "presets", "builds", "attacks", "detectors", "tiny"])
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    """Print the registries and named configs."""
+    import importlib
+
+    from fakeforge.config import CONFIG_ROOT, load_yaml
+    from fakeforge.tiny import TWINS
+    from generators import GENERATORS, PRESET_DIR, preset_names
+
+    def section(title, rows):
+        print(title)
+        for name, text in rows:
+            print(f"  {name:24s} {text}")
+
+    w = args.what
+    if w in ("all", "presets"):
+        section("generators (presets in configs/generators/):",
+                [(n, load_yaml(PRESET_DIR / f"{n}.yaml").get("description", "")) for n in preset_names()])
+    if w in ("all", "generators"):
+        section("generator types:", [(n, GENERATORS.help(n)) for n in GENERATORS.names()])
+    if w in ("all", "builds"):
+        section("build configs (configs/build/):", [(p.stem, load_yaml(p).get("description", ""))
+                                                    for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))])
+    for kind, module, attr in (("attacks", "attacks", "ATTACKS"), ("detectors", "detector", "DETECTORS")):
+        if w in ("all", kind):
+            try:
+                reg = getattr(importlib.import_module(module), attr)
+                section(f"{kind}:", [(n, reg.help(n)) for n in reg.names()])
+            except (ImportError, AttributeError):
+                section(f"{kind}:", [])
+    if w in ("all", "tiny"):
+        section("tiny twins:", [(n, TWINS.help(n)) for n in TWINS.names()])
+    return 0
