@@ -37,13 +37,6 @@ def run_build(args: argparse.Namespace) -> int:
 
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir)
-    if args.tiny:
-        from fakeforge.tiny import ensure_tiny
-
-        for rset in resolved.sets:
-            twin = rset.generator_raw.get("tiny_twin")
-            if twin:
-                ensure_tiny(twin, args.tiny_dir)
     summary = build(resolved, progress=not args.no_progress)
     if summary.get("manifest") is not None:
         print(f"wrote {resolved.output} ({sum(v['count'] for v in summary['manifest'].values())} samples); "

@@ -90,6 +90,7 @@ class ResolvedBuild:
     tiny: bool
     hash: str
     raw: dict
+    tiny_root: str | None = None
 
     @property
     def output(self) -> Path:
@@ -136,7 +137,7 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
     content = {"seed": cfg.seed, "image": to_dict(cfg.image), "max_count": cfg.shards.max_count, "tiny": tiny,
                "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r)}
                         for r in resolved]}
-    return ResolvedBuild(cfg, resolved, tiny, config_hash(content), raw)
+    return ResolvedBuild(cfg, resolved, tiny, config_hash(content), raw, tiny_root)
 
 
 def _source_identity(src: SourceConfig) -> dict:

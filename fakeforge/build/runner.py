@@ -75,6 +75,13 @@ def build(resolved: ResolvedBuild, progress: bool = True) -> dict:
     out = resolved.output
     check_output_dir(out, resolved.hash)
     plans = plan_build(resolved, state)
+    if resolved.tiny:
+        from fakeforge.tiny import ensure_tiny
+
+        with state.main_process_first():
+            for rset in resolved.sets:
+                if rset.generator_raw.get("tiny_twin"):
+                    ensure_tiny(rset.generator_raw["tiny_twin"], resolved.tiny_root)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml({**resolved.raw, "config_hash": resolved.hash, "tiny": resolved.tiny}, out / RESOLVED_CONFIG)

@@ -6,9 +6,9 @@
     InstructBlipProcessor.from_pretrained(out_dir)
 
 The Q-Former (32) and the language model (48) get different widths on purpose, so code that mixes up
-the two embedding tables fails loudly on the twin too. The vision tower uses a real initializer range
-(0.02; the config default 1e-10 makes every image look the same to the model) and the query tokens are
-random rather than zero, so the twin's answers depend on the image.
+the two embedding tables fails loudly on the twin too. Every part uses a large initializer range
+(see INIT_RANGE; the vision default 1e-10 makes every image look the same to the model) and the query
+tokens are random rather than zero, so the twin's answers depend on the image and can be prompt-tuned.
 """
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ NUM_QUERY_TOKENS = 4
 QFORMER_HIDDEN = 32
 LM_HIDDEN = 48
 VISION_HIDDEN = 32
+# Weight init std of every part. Far above the real models' 0.02: at 32-48 wide, 0.02 shrinks the image
+# signal at every layer until the answer logits no longer depend on the image (and 1e-10, the vision
+# default, removes it entirely). At 0.2 the two pseudo-word rows can learn a colour-separable task.
+INIT_RANGE = 0.2
 
 # Text the tiny tokenizers must cover well: the detector's prompts and answers.
 _EXTRA_CORPUS = ["Is this photo real?", "Is this photo real or fake?", "Is this image real?",
@@ -49,21 +53,27 @@ def build_instructblip(out_dir: Path, seed: int = 0) -> None:
         vocab_size=len(lm_tok), hidden_size=LM_HIDDEN, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         pad_token_id=lm_tok.pad_token_id, bos_token_id=lm_tok.bos_token_id, eos_token_id=lm_tok.eos_token_id,
-        tie_word_embeddings=False)
+        tie_word_embeddings=False, initializer_range=INIT_RANGE)
     config = InstructBlipConfig(
         vision_config=dict(hidden_size=VISION_HIDDEN, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
-                           initializer_range=0.02),
+                           initializer_range=INIT_RANGE),
         qformer_config=dict(vocab_size=len(qf_tok), hidden_size=QFORMER_HIDDEN, num_hidden_layers=2,
                             num_attention_heads=4, intermediate_size=64, encoder_hidden_size=VISION_HIDDEN,
                             cross_attention_frequency=1, max_position_embeddings=128,
-                            pad_token_id=qf_tok.pad_token_id),
-        text_config=text_config.to_dict(), num_query_tokens=NUM_QUERY_TOKENS, image_token_index=image_token_id)
+                            pad_token_id=qf_tok.pad_token_id, initializer_range=INIT_RANGE),
+        text_config=text_config.to_dict(), num_query_tokens=NUM_QUERY_TOKENS, image_token_index=image_token_id,
+        initializer_range=INIT_RANGE)
 
     torch.manual_seed(seed)
     model = InstructBlipForConditionalGeneration(config)
-    with torch.no_grad():  # zero query tokens (the init default) would make all queries identical
-        model.query_tokens.normal_(0.0, 0.5)
+    with torch.no_grad():
+        # Every matrix (linear, embedding, LM head) drawn at INIT_RANGE: the per-module init rules
+        # leave some at other scales, and then the answer barely depends on the image.
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, INIT_RANGE)
+        model.query_tokens.normal_(0.0, 0.5)  # zero query tokens (the default) make all queries identical
     model.generation_config.pad_token_id = lm_tok.pad_token_id
     model.generation_config.bos_token_id = lm_tok.bos_token_id
     model.generation_config.eos_token_id = lm_tok.eos_token_id
