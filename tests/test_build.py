@@ -169,3 +169,19 @@ def test_bad_inputs_stop_before_any_model_loads(tmp_path, tiny_dir, capsys):
     assert cli_main(["build", "--config", cfg(sets=[{"name": "x", "generator": "sd5"}])]) == 2
     assert "unknown generator 'sd5'" in capsys.readouterr().err
     assert cli_main(["validate", "--tiny"]) == 0
+
+
+def test_two_processes_write_disjoint_shards_with_the_same_keys(tmp_path, tiny_dir):
+    """torchrun with 2 CPU processes (gloo): ranks split the shard jobs; result equals a 1-process build."""
+    one = write_build_config(tmp_path / "one.yaml", tmp_path / "one", SETS)
+    _build(one, tiny_dir)
+    two = write_build_config(tmp_path / "two.yaml", tmp_path / "two", SETS)
+    env = dict(os.environ, FAKEFORGE_TINY_DIR=tiny_dir, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           str(ROOT / "build_dataset.py"), "--config", str(two), "--tiny", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two").glob("*/*.stats.json")}
+    assert ranks == {0, 1}
+    assert verify_dataset(tmp_path / "two")["samples"] == 16
+    assert _keys_and_bytes(tmp_path / "two").keys() == _keys_and_bytes(tmp_path / "one").keys()

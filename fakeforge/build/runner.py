@@ -66,12 +66,19 @@ def plan_build(resolved: ResolvedBuild, state) -> list[tuple[ResolvedSet, list[S
     return plans
 
 
+def process_state():
+    """accelerate's PartialState; on a machine without CUDA, several launched processes use gloo on CPU."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def build(resolved: ResolvedBuild, progress: bool = True) -> dict:
     """Build (or resume) every set of `resolved`; returns a summary dict. Safe to rerun."""
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    state = process_state()
     out = resolved.output
     check_output_dir(out, resolved.hash)
     plans = plan_build(resolved, state)
