@@ -1,0 +1,35 @@
+"""The `fakeforge` console script: listing, tiny twins, help."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from fakeforge.cli import main
+
+
+def test_ls_lists_presets_types_builds_and_twins(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sd2", "sd3", "sdxl", "text2image", "antifakeprompt_train", "default", "instructblip"):
+        assert name in out
+
+
+def test_tiny_models_builds_loadable_twins(tmp_path, capsys):
+    from diffusers import StableDiffusion3Pipeline
+
+    assert main(["tiny-models", "--out", str(tmp_path), "--only", "sd3"]) == 0
+    marker = json.loads((tmp_path / "sd3" / "fakeforge_tiny.json").read_text())
+    assert marker["twin"] == "sd3"
+    pipe = StableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3")
+    assert pipe.text_encoder_3 is not None and pipe.transformer.config.num_layers == 2
+    assert main(["tiny-models", "--out", str(tmp_path), "--only", "sd99"]) == 2
+    assert "unknown tiny twin 'sd99'" in capsys.readouterr().err
+
+
+def test_help_does_not_import_model_libraries():
+    code = ("import sys; from fakeforge.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'diffusers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
