@@ -142,7 +142,7 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
 
 def _source_identity(src: SourceConfig) -> dict:
     data = to_dict(src)
-    for k in ("captions_file", "images_dir", "instances_file"):  # the folder may move; the content stays
+    for k in ("captions_file", "images_dir"):  # the folder may move; the content stays
         if data.get(k):
             data[k] = Path(data[k]).name
     return data

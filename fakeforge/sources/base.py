@@ -36,7 +36,6 @@ class SourceConfig:
     seed: int = 0
     captions_per_image: Literal[1, "all"] = 1
     require_images: bool = True
-    instances_file: str | None = None
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
