@@ -66,8 +66,10 @@ class DiffusersConfig(GeneratorConfig):
                 raise ConfigError(f"unknown scheduler '{self.scheduler}'; valid schedulers: {', '.join(known)}")
 
 
-def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str):
-    """from_pretrained(cfg.model_id) with the right class, dtype, safety checker off and no progress bar."""
+def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str, **components):
+    """from_pretrained(cfg.model_id) with the right class, dtype, safety checker off and no progress bar.
+
+    `components` are passed on to from_pretrained (e.g. controlnet=ControlNetModel...)."""
     import diffusers
 
     dtype = torch_dtype(cfg.dtype, device, cfg.prefer_dtype)
@@ -84,11 +86,14 @@ def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str):
     if cfg.variant:
         kwargs["variant"] = cfg.variant
     if "safety_checker" in index or "safety_checker" in params:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+        kwargs["safety_checker"] = None
+        if "requires_safety_checker" in params or not params:
+            kwargs["requires_safety_checker"] = False
     if "add_watermarker" in params:
         kwargs["add_watermarker"] = False
     if cfg.pipeline is None:
         cls = getattr(diffusers, auto_class)
+    kwargs.update(components)
     quiet_hub_progress()
     pipe = cls.from_pretrained(cfg.model_id, **kwargs)
     if cfg.scheduler:

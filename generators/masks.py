@@ -29,11 +29,12 @@ from generators.base import SampleError
 
 #: LaMa's random irregular-mask presets (configs/data_gen/random_{thin,medium,thick}_512.yaml), at 512 px.
 BRUSH_PRESETS = {
-    "thin": dict(max_width=20, max_len=100, max_angle=4),
-    "medium": dict(max_width=100, max_len=200, max_angle=4),
-    "thick": dict(max_width=250, max_len=450, max_angle=4),
+    "thin": {"max_width": 20, "max_len": 100, "max_angle": 4},
+    "medium": {"max_width": 100, "max_len": 200, "max_angle": 4},
+    "thick": {"max_width": 250, "max_len": 450, "max_angle": 4},
 }
 _MASK_STREAM = 0x6D61736B  # "mask": keeps the mask's random stream apart from the diffusion noise
+_MAX_DRAW_SIDE = 1024      # box/brush masks of larger images are drawn at this size and scaled up (nearest)
 
 
 @dataclass
@@ -135,8 +136,12 @@ def _draw(strategy: str, cfg: MaskConfig, size, rng, image_id) -> tuple[np.ndarr
     if strategy == "coco":
         return coco_mask(cfg, size, rng, image_id)
     draw = _box_once if strategy == "box" else _brush_once
+    s = min(1.0, _MAX_DRAW_SIDE / max(w, h))
+    dw, dh = max(2, round(w * s)), max(2, round(h * s))
     for _ in range(cfg.max_tries):
-        mask = draw(cfg, w, h, rng)
+        mask = draw(cfg, dw, dh, rng)
+        if (dw, dh) != (w, h):
+            mask = resize_mask(mask, (w, h))
         r = area_ratio(mask)
         if cfg.min_area <= r <= cfg.max_area and 0 < r < 1:
             info = {"mask_strategy": strategy}

@@ -129,7 +129,7 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
         try:
             cls, gcfg = generator_config(gen_raw, tiny=tiny, tiny_root=tiny_root)
         except ConfigError as exc:
-            raise ConfigError(f"set '{s.name}': {exc}") from None
+            raise type(exc)(f"set '{s.name}': {exc}") from None
         model_label = gen_raw.get("model_id")
         if tiny and gen_raw.get("tiny_twin"):
             model_label = f"tiny-twin:{gen_raw['tiny_twin']} (of {gen_raw.get('model_id')})"

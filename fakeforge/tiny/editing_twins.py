@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fakeforge.tiny.diffusers_twins import ddim_scheduler, sd2_components, tiny_clip_text, tiny_unet, tiny_vae
+from fakeforge.tiny.diffusers_twins import sd2_components, tiny_clip_text, tiny_unet, tiny_vae
 from fakeforge.tiny.tokenizers import clip_tokenizer
 
 #: official-layout args of the tiny LIIF (the real edsr-baseline-liif uses 16 blocks, 64 features, MLP 4 x 256)

@@ -1,0 +1,144 @@
+"""`fakeforge detect / eval / stats` on folders and shards, with bad inputs, on the tiny twin."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from detector_helpers import (encode, make_image, tiny_instructblip, write_dataset, write_folder,  # noqa: F401
+                              write_odd_images)
+from fakeforge.cli import main as fakeforge_main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_instructblip, tmp_path_factory):
+    """A checkpoint with fixed random rows (no training needed to exercise the CLIs)."""
+    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
+    from detector.checkpoint import save_checkpoint
+
+    det = AntifakePrompt.from_config(AntifakePromptConfig(model_id="tiny:instructblip"), device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in det.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    out = tmp_path_factory.mktemp("ckpt") / "tiny_ckpt"
+    save_checkpoint(det, out, {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folders")
+    good_real = write_folder(root / "real", "real", 5)
+    odd = write_odd_images(root / "real" / "odd")
+    good_fake = write_folder(root / "fake", "fake", 4, seed=1)
+    (root / "empty").mkdir()
+    return {"root": root, "good": good_real + odd["good"] + good_fake, "bad": odd["bad"], "n_real": 5 + 4,
+            "n_fake": 4}
+
+
+def test_detect_folders_scores_every_good_file_and_lists_bad_ones(ckpt, folders, tmp_path, capsys):
+    log = tmp_path / "detect.log"
+    root = folders["root"]
+    assert fakeforge_main(["detect", "--checkpoint", str(ckpt), "--real_dir", str(root / "real"),
+                           "--fake_dir", str(root / "fake"), "--log", str(log), "--batch_size", "3"]) == 0
+    text = log.read_text()
+    assert text == capsys.readouterr().out
+    for path in folders["good"]:
+        assert f"{path}: " in text and "P(fake) = " in text
+    verdicts = [line for line in text.splitlines() if "(P(fake) = " in line]
+    assert len(verdicts) == len(folders["good"])
+    for path in folders["bad"]:
+        assert f"skipped {path}: " in text
+    assert "readme.txt" not in text
+    assert f"accuracy: " in text and f"/{folders['n_real'] + folders['n_fake']})" in text
+    assert "confusion matrix" in text
+
+
+def test_detect_single_image_and_usage_errors(ckpt, folders, tmp_path, capsys):
+    img = folders["good"][0]
+    assert fakeforge_main(["detect", "--checkpoint", str(ckpt), "--img_path", str(img)]) == 0
+    out = capsys.readouterr().out
+    assert f"{img}: " in out and ("Real (" in out or "Fake (" in out)
+    assert fakeforge_main(["detect", "--checkpoint", str(ckpt), "--img_path", str(folders["bad"][0])]) == 2
+    assert "empty (0 bytes)" in capsys.readouterr().out
+    assert fakeforge_main(["detect", "--checkpoint", str(ckpt)]) == 2
+    assert "--img_path" in capsys.readouterr().err
+    assert fakeforge_main(["detect", "--checkpoint", str(ckpt), "--fake_dir", str(folders["root"] / "empty")]) == 2
+    assert "no .jpg/.jpeg/.png/.webp images under" in capsys.readouterr().out
+    assert fakeforge_main(["detect", "--checkpoint", str(ckpt), "--real_dir", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().out
+
+
+def test_detect_zero_shot_and_loss_rule(tiny_instructblip, folders, capsys):
+    root = folders["root"]
+    assert fakeforge_main(["detect", "--checkpoint", "zero-shot", "--tiny", "--fake_dir", str(root / "fake"),
+                           "--scoring", "loss"]) == 0
+    out = capsys.readouterr().out
+    assert "'Is this photo real?'" in out and "scoring: loss" in out
+
+
+def _shards_with_bad_samples(root):
+    data = write_dataset(root / "data", n_real=6, n_fake=6)
+    with tarfile.open(data / "sd2" / "000000.tar", "a") as tf:
+        for name, payload in (("broken.jpg", b"not a jpeg"), ("broken.json", b'{"label": "fake"}'),
+                              ("nolabel.jpg", encode(make_image("fake", np.random.default_rng(0)))),
+                              ("nolabel.json", b'{"label": "maybe"}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return data
+
+
+def test_eval_shards_and_folders_writes_all_reports(ckpt, folders, tmp_path, capsys):
+    data = _shards_with_bad_samples(tmp_path)
+    root = folders["root"]
+    out = tmp_path / "eval"
+    assert fakeforge_main(["eval", "--checkpoint", str(ckpt), "--sets", str(data), f"flickr=real:{root / 'real'}",
+                           f"gen=fake:{root / 'fake'}", "--out", str(out), "--batch-size", "4"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["accuracy.png", "results.csv", "results.json", "results.md", "roc.png", "scores.csv"]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["sets"]) == ["coco", "sd2", "flickr", "gen"]
+    assert res["sets"]["coco"]["n"] == 6 and res["sets"]["sd2"]["n"] == 6 and res["sets"]["sd2"]["errors"] == 2
+    assert res["sets"]["flickr"]["n"] == 9 and res["sets"]["flickr"]["errors"] == 4
+    assert res["sets"]["coco"]["auc"] is None and 0 <= res["sets"]["sd2"]["auc"] <= 1
+    assert res["threshold"] == 0.5 and len(res["errors"]["sd2"]) == 2
+    md = (out / "results.md").read_text()
+    assert "| Method | coco | sd2 | flickr | gen | **Avg** |" in md
+    assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Avg" in (out / "results.csv").read_text()
+    assert "| tiny_ckpt |" in capsys.readouterr().out
+
+
+def test_eval_threshold_and_calibration(ckpt, tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", n_real=6, n_fake=6)
+    out = tmp_path / "eval"
+    assert fakeforge_main(["eval", "--checkpoint", str(ckpt), "--sets", str(data), "--out", str(out),
+                           "--calibrate-on", "coco", "sd2", "--no-plots"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["calibration"]["sets"] == ["coco", "sd2"] and res["calibration"]["n"] == 12
+    assert res["threshold"] == res["calibration"]["threshold"]
+    assert not (out / "roc.png").exists()
+    assert fakeforge_main(["eval", "--checkpoint", str(ckpt), "--sets", str(data), "--out", str(out),
+                           "--threshold", "0.0", "--no-plots"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["sets"]["sd2"]["accuracy"] == 1.0 and res["sets"]["coco"]["accuracy"] == 0.0
+    assert fakeforge_main(["eval", "--checkpoint", str(ckpt), "--sets", str(data), "--out", str(out),
+                           "--calibrate-on", "coco"]) == 2
+    assert "needs both real and fake" in capsys.readouterr().err
+    assert fakeforge_main(["eval", "--checkpoint", str(ckpt), "--sets", str(data), "--out", str(out),
+                           "--threshold", "0.3", "--calibrate-on", "coco"]) == 2
+
+
+def test_stats_cli(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", n_real=4, n_fake=4)
+    out = tmp_path / "stats.json"
+    assert fakeforge_main(["stats", "--sets", str(data), "--image-size", "16", "--out", str(out)]) == 0
+    stats = json.loads(out.read_text())
+    assert stats["images"] == 8 and len(stats["mean"]) == 3 and all(0 < s < 1 for s in stats["std"])
+    assert fakeforge_main(["stats", "--sets", f"x=real:{tmp_path / 'missing'}"]) == 2
