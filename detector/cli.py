@@ -94,7 +94,6 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from detector.checkpoint import load_checkpoint
     from detector.data import build_transform
-
     from fakeforge.config import ConfigError
 
     if args.batch_size < 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fakeforge.config import ConfigError
-from generators.base import GenRequest, GenResult, Generator, GeneratorConfig, SampleError, array_to_pil, torch_dtype
+from generators.base import Generator, GeneratorConfig, GenRequest, GenResult, SampleError, array_to_pil, torch_dtype
 
 log = logging.getLogger(__name__)
 

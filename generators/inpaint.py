@@ -22,8 +22,8 @@ from PIL import Image
 
 from fakeforge.config import ConfigError
 from generators.base import GenRequest, GenResult
-from generators.source_image import Prepared, SourceImageConfig, SourceImageGenerator
 from generators.masks import MaskConfig, check_mask, make_mask, resize_mask
+from generators.source_image import Prepared, SourceImageConfig, SourceImageGenerator
 
 
 @dataclass

@@ -19,7 +19,6 @@ skips sources smaller than `min_size` with a recorded reason.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,51 +28,22 @@ from PIL import Image
 
 from fakeforge.config import ConfigError
 from generators.base import Generator, GeneratorConfig, GenRequest, GenResult, SampleError, array_to_pil
-from generators.source_image import PREPARE_ERRORS, check_min_size, describe, fit_size, group_by_size, source_rgb
+from generators.checkpoint_file import check_checkpoint, ensure_pending_twin, resolve_checkpoint
 from generators.masks import MaskConfig, check_mask, make_mask, resize_mask
+from generators.source_image import (
+    PREPARE_ERRORS,
+    check_min_size,
+    check_size_limits,
+    describe,
+    fit_size,
+    group_by_size,
+    source_rgb,
+)
 
 LAMA_ENV = "FAKEFORGE_LAMA_MODEL"
 LAMA_HELP = ("big-lama.pt is LaMa's TorchScript checkpoint released by the simple-lama-inpainting project: "
              "download it from https://github.com/enesmsahin/simple-lama-inpainting/releases (asset big-lama.pt) "
              f"and point generator.model_path or ${LAMA_ENV} at it")
-
-
-class MissingCheckpointError(ConfigError):
-    """A checkpoint file the config needs is not there (the message says what it is and where to get it)."""
-
-
-def resolve_checkpoint(cfg: GeneratorConfig, model_path: str | None, env: str, filename: str, help: str) -> Path:
-    """The checkpoint file: `model_id` (what --tiny sets), else `model_path`, else $env; a folder means
-    `<folder>/<filename>`. Raises MissingCheckpointError naming the file and where to get it."""
-    raw = cfg.model_id or model_path or os.environ.get(env)
-    if not raw:
-        raise MissingCheckpointError(f"generator '{cfg.type}' has no checkpoint configured. {help}")
-    path = Path(raw).expanduser()
-    if path.is_dir():
-        path = path / filename
-    if not path.is_file():
-        raise MissingCheckpointError(f"checkpoint file not found: '{path}'. {help}")
-    return path
-
-
-def _is_pending_twin(cfg: GeneratorConfig) -> bool:
-    """True when model_id is a tiny-twin folder that --tiny will build before loading."""
-    return bool(cfg.tiny_twin and cfg.model_id and Path(cfg.model_id).name == cfg.tiny_twin
-                and not Path(cfg.model_id).exists())
-
-
-def ensure_pending_twin(cfg: GeneratorConfig) -> None:
-    """Build the tiny twin named by `cfg` if model_id points at its (missing) folder."""
-    if _is_pending_twin(cfg):
-        from fakeforge.tiny import ensure_tiny
-
-        ensure_tiny(cfg.tiny_twin, Path(cfg.model_id).parent)
-
-
-def check_checkpoint(cfg: GeneratorConfig, model_path, env, filename, help) -> None:
-    """Config-time check (no loading): the checkpoint must exist, unless it is a twin built on demand."""
-    if not _is_pending_twin(cfg):
-        resolve_checkpoint(cfg, model_path, env, filename, help)
 
 
 class LamaRunner:
@@ -166,9 +136,7 @@ class LamaConfig(GeneratorConfig):
     def validate(self) -> None:
         super().validate()
         self.mask.validate()
-        if self.min_size < 1 or self.max_size < 8:
-            raise ConfigError(f"generator.min_size = {self.min_size} / max_size = {self.max_size}: "
-                              "need min_size >= 1 and max_size >= 8")
+        check_size_limits(self.min_size, self.max_size)
 
     def check(self) -> None:
         super().check()

@@ -22,8 +22,15 @@ import numpy as np
 
 from fakeforge.config import ConfigError
 from generators.base import Generator, GeneratorConfig, GenRequest, GenResult, SampleError
-from generators.source_image import PREPARE_ERRORS, check_min_size, describe, group_by_size, source_rgb
-from generators.lama import check_checkpoint, ensure_pending_twin, resolve_checkpoint
+from generators.checkpoint_file import check_checkpoint, ensure_pending_twin, resolve_checkpoint
+from generators.source_image import (
+    PREPARE_ERRORS,
+    check_min_size,
+    check_size_limits,
+    describe,
+    group_by_size,
+    source_rgb,
+)
 from generators.superres import output_to_result, plan_sr
 
 LIIF_ENV = "FAKEFORGE_LIIF_MODEL"
@@ -113,9 +120,7 @@ class LiifConfig(GeneratorConfig):
             raise ConfigError(f"generator.scale = {self.scale} must be > 1")
         if self.eval_bsize < 1:
             raise ConfigError(f"generator.eval_bsize = {self.eval_bsize} must be >= 1")
-        if self.min_size < 1 or self.max_size < 8:
-            raise ConfigError(f"generator.min_size = {self.min_size} / max_size = {self.max_size}: "
-                              "need min_size >= 1 and max_size >= 8")
+        check_size_limits(self.min_size, self.max_size)
 
     def check(self) -> None:
         super().check()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from generators.base import GenRequest, GenResult, Generator, GeneratorConfig
+from generators.base import Generator, GeneratorConfig, GenRequest, GenResult
 
 
 class RealImage(Generator):

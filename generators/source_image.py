@@ -57,6 +57,14 @@ def fit_size(w: int, h: int, shorter: int | None, max_size: int | None, multiple
 PREPARE_ERRORS = (SampleError, OSError, ValueError)
 
 
+def check_size_limits(min_size: int, max_size: int, max_floor: int = 8) -> None:
+    """Config check shared by every generator with `min_size` / `max_size` settings."""
+    if min_size < 1:
+        raise ConfigError(f"generator.min_size = {min_size} must be >= 1")
+    if max_size < max_floor:
+        raise ConfigError(f"generator.max_size = {max_size} must be >= {max_floor}")
+
+
 def describe(exc: BaseException) -> str:
     """A per-sample error string: SampleError messages as is, other exceptions with their type."""
     return str(exc) if isinstance(exc, SampleError) else f"{type(exc).__name__}: {exc}"[:500]
@@ -93,10 +101,7 @@ class SourceImageConfig(DiffusersConfig):
                               "real image set their size from the source; use working_size instead")
         if self.working_size is not None and self.working_size < 8:
             raise ConfigError(f"generator.working_size = {self.working_size} must be >= 8 (or null)")
-        if self.min_size < 1:
-            raise ConfigError(f"generator.min_size = {self.min_size} must be >= 1")
-        if self.max_size < 8:
-            raise ConfigError(f"generator.max_size = {self.max_size} must be >= 8")
+        check_size_limits(self.min_size, self.max_size)
 
 
 @dataclass

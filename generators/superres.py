@@ -23,7 +23,15 @@ from PIL import Image
 from fakeforge.config import ConfigError
 from generators.base import GenRequest, GenResult, SampleError, array_to_pil
 from generators.diffusers_common import DiffusersConfig, DiffusersGenerator
-from generators.source_image import PREPARE_ERRORS, check_min_size, describe, fit_size, group_by_size, source_rgb
+from generators.source_image import (
+    PREPARE_ERRORS,
+    check_min_size,
+    check_size_limits,
+    describe,
+    fit_size,
+    group_by_size,
+    source_rgb,
+)
 
 #: diffusers upscaler pipelines and their native factors.
 NATIVE_SCALES = {"StableDiffusionUpscalePipeline": 4, "StableDiffusionLatentUpscalePipeline": 2}
@@ -95,9 +103,7 @@ class UpscaleConfig(DiffusersConfig):
             raise ConfigError(f"generator.scale = {self.scale} must be 4 (x4 upscaler), 2 (latent upscaler) or null")
         if self.noise_level < 0:
             raise ConfigError(f"generator.noise_level = {self.noise_level} must be >= 0")
-        if self.min_size < 1 or self.max_size < 16:
-            raise ConfigError(f"generator.min_size = {self.min_size} / max_size = {self.max_size}: "
-                              "need min_size >= 1 and max_size >= 16")
+        check_size_limits(self.min_size, self.max_size, max_floor=16)
 
     def check(self) -> None:
         super().check()

@@ -28,3 +28,11 @@ def tiny_dir(tmp_path_factory):
         os.environ.pop("FAKEFORGE_TINY_DIR", None)
     else:
         os.environ["FAKEFORGE_TINY_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def tiny_instructblip(tiny_dir):
+    """Folder of the tiny InstructBLIP twin (built once per session in `tiny_dir`)."""
+    from fakeforge.tiny import ensure_tiny
+
+    return ensure_tiny("instructblip", tiny_dir)

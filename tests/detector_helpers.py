@@ -1,6 +1,6 @@
-"""Shared helpers for the detector tests: the tiny InstructBLIP twin fixture and synthetic data writers.
+"""Shared helpers for the detector tests: synthetic real/fake images, shard sets and folders.
 
-Import the fixture into a test module with `from detector_helpers import tiny_instructblip  # noqa: F401`.
+The tiny InstructBLIP twin fixture (`tiny_instructblip`) lives in conftest.py.
 """
 from __future__ import annotations
 
@@ -9,24 +9,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 REAL_RGB = (200, 60, 50)  # real = reddish noisy texture
 FAKE_RGB = (50, 60, 200)  # fake = bluish noisy texture
-
-
-@pytest.fixture(scope="module")
-def tiny_instructblip(tmp_path_factory):
-    """Folder of the tiny InstructBLIP twin, built once per session under pytest's base temp dir;
-    FAKEFORGE_TINY_DIR points there for the module (so "tiny:instructblip" and --tiny find it)."""
-    from fakeforge.tiny import ensure_tiny
-
-    root = tmp_path_factory.getbasetemp() / "detector_tiny_twins"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FAKEFORGE_TINY_DIR", str(root))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield ensure_tiny("instructblip", root)
 
 
 def make_image(kind: str, rng: np.random.Generator, size: tuple[int, int] = (44, 36)) -> Image.Image:

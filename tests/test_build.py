@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from builder_helpers import write_build_config, write_coco
+
 from fakeforge.build.config import resolve_build
 from fakeforge.build.runner import build
 from fakeforge.cli import main as cli_main

@@ -4,9 +4,9 @@ from __future__ import annotations
 import io
 import tarfile
 
+from builder_helpers import write_build_config, write_coco
 from PIL import Image
 
-from builder_helpers import write_build_config, write_coco
 from fakeforge.cli import main as cli_main
 from fakeforge.shards.verify import verify_dataset
 from generators import preset_names

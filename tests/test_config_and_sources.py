@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
-
 from builder_helpers import write_coco
+
 from fakeforge.config import ConfigError, apply_overrides, config_hash, from_dict
 from fakeforge.registry import Registry, UnknownNameError
 from fakeforge.sources import SourceConfig, load_records

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from detector_helpers import tiny_instructblip  # noqa: F401
 from fakeforge.cli import main as fakeforge_main
 
 
@@ -144,8 +143,8 @@ def test_rows_for_another_base_model_name_both_widths(tiny_instructblip, tmp_pat
     msg = str(info.value)
     assert "another base model" in msg and all(w in msg for w in ("768", "4096", "32", "48"))
     img = tmp_path / "a.png"
-    from detector_helpers import encode, make_image
     import numpy as np
+    from detector_helpers import encode, make_image
 
     img.write_bytes(encode(make_image("real", np.random.default_rng(0)), "PNG"))
     assert fakeforge_main(["detect", "--checkpoint", str(out), "--tiny", "--img_path", str(img)]) == 2

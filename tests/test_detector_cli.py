@@ -8,9 +8,8 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from detector_helpers import encode, make_image, write_dataset, write_folder, write_odd_images
 
-from detector_helpers import (encode, make_image, tiny_instructblip, write_dataset, write_folder,  # noqa: F401
-                              write_odd_images)
 from fakeforge.cli import main as fakeforge_main
 
 
@@ -55,7 +54,7 @@ def test_detect_folders_scores_every_good_file_and_lists_bad_ones(ckpt, folders,
     for path in folders["bad"]:
         assert f"skipped {path}: " in text
     assert "readme.txt" not in text
-    assert f"accuracy: " in text and f"/{folders['n_real'] + folders['n_fake']})" in text
+    assert "accuracy: " in text and f"/{folders['n_real'] + folders['n_fake']})" in text
     assert "confusion matrix" in text
 
 

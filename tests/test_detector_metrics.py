@@ -6,8 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from detector.evaluate import (SetScores, accuracy, average_precision, calibrate_threshold, confusion_matrix,
-                               markdown_table, roc_auc, summarize)
+from detector.evaluate import (
+    SetScores,
+    accuracy,
+    average_precision,
+    calibrate_threshold,
+    confusion_matrix,
+    markdown_table,
+    roc_auc,
+    summarize,
+)
 
 
 def test_auc_ap_by_hand():

@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from detector_helpers import tiny_instructblip  # noqa: F401  (module fixture)
 from fakeforge.config import ConfigError, from_dict
 
 

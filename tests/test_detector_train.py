@@ -7,8 +7,7 @@ import shutil
 
 import pytest
 import torch
-
-from detector_helpers import tiny_instructblip, write_dataset, write_set  # noqa: F401
+from detector_helpers import write_dataset, write_set
 
 
 def _train(out, data, *extra):

@@ -14,9 +14,9 @@ from fakeforge.tiny import build_tiny
 from generators import generator_config, load_preset
 from generators.base import GenRequest, SampleError
 from generators.edges import canny
-from generators.source_image import Prepared
 from generators.inpaint import prepare_masked
 from generators.masks import MaskConfig
+from generators.source_image import Prepared
 
 rng = np.random.default_rng(0)
 PRESETS = ["sd2_inpaint", "lama", "sd2_x4_upscaler", "sd_latent_x2_upscaler", "liif_x4", "sd2_img2img",

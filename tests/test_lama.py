@@ -13,7 +13,8 @@ from fakeforge.config import ConfigError
 from fakeforge.tiny import build_tiny
 from generators import generator_config, load_preset
 from generators.base import GenRequest
-from generators.lama import LamaRunner, MissingCheckpointError, load_torchscript
+from generators.checkpoint_file import MissingCheckpointError
+from generators.lama import LamaRunner, load_torchscript
 
 rng = np.random.default_rng(0)
 

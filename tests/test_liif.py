@@ -13,7 +13,7 @@ from fakeforge.config import ConfigError
 from fakeforge.tiny import build_tiny
 from generators import generator_config, load_preset
 from generators.base import GenRequest
-from generators.lama import MissingCheckpointError
+from generators.checkpoint_file import MissingCheckpointError
 from generators.liif import load_liif
 from generators.liif_net import build_from_args, make_coord, upsample
 

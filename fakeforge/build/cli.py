@@ -58,7 +58,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from fakeforge.config import CONFIG_ROOT
     from fakeforge.registry import UnknownNameError
     from generators import generator_config, load_preset, preset_names
-    from generators.lama import MissingCheckpointError
+    from generators.checkpoint_file import MissingCheckpointError
 
     failures = 0
     targets = args.configs or [str(p) for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))]

@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fakeforge.config import (ConfigError, apply_overrides, config_hash, deep_merge, from_dict, load_yaml,
-                              resolve_named_config, to_dict)
+from fakeforge.config import (
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    deep_merge,
+    from_dict,
+    load_yaml,
+    resolve_named_config,
+    to_dict,
+)
 from fakeforge.images import ImagePolicy
 from fakeforge.sources import SourceConfig
 

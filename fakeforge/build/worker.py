@@ -13,7 +13,7 @@ from fakeforge.build.plan import ShardJob, sample_key, sample_seed
 from fakeforge.images import ImageLoadError, ImagePolicy, encode_mask, load_rgb
 from fakeforge.shards.writer import ShardSink
 from fakeforge.sources import Record
-from generators.base import GenRequest, GenResult, Generator
+from generators.base import Generator, GenRequest, GenResult
 
 
 def _prepare(records: list[Record], set_name: str, base_seed: int, needs_image: bool

@@ -33,8 +33,13 @@ _EXTRA_CORPUS = ["Is this photo real?", "Is this photo real or fake?", "Is this 
 def build_instructblip(out_dir: Path, seed: int = 0) -> None:
     """Write a tiny InstructBlipForConditionalGeneration + InstructBlipProcessor into `out_dir`."""
     import torch
-    from transformers import (BlipImageProcessor, InstructBlipConfig, InstructBlipForConditionalGeneration,
-                              InstructBlipProcessor, LlamaConfig)
+    from transformers import (
+        BlipImageProcessor,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+        LlamaConfig,
+    )
 
     from fakeforge.tiny.tokenizers import bert_tokenizer, llama_tokenizer
 

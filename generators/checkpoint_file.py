@@ -1,0 +1,51 @@
+"""Checkpoint files of non-diffusers generators (LaMa's TorchScript, LIIF's .pth): where to find them.
+
+The path comes from `model_id` (what --tiny sets to the twin folder), else the config's `model_path`,
+else an environment variable; a folder means `<folder>/<filename>`. A missing file is a configuration
+error whose message says what the file is and where users get it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fakeforge.config import ConfigError
+from generators.base import GeneratorConfig
+
+
+class MissingCheckpointError(ConfigError):
+    """A checkpoint file the config needs is not there (the message says what it is and where to get it)."""
+
+
+def resolve_checkpoint(cfg: GeneratorConfig, model_path: str | None, env: str, filename: str, help: str) -> Path:
+    """The checkpoint file: `model_id` (what --tiny sets), else `model_path`, else $env; a folder means
+    `<folder>/<filename>`. Raises MissingCheckpointError naming the file and where to get it."""
+    raw = cfg.model_id or model_path or os.environ.get(env)
+    if not raw:
+        raise MissingCheckpointError(f"generator '{cfg.type}' has no checkpoint configured. {help}")
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        path = path / filename
+    if not path.is_file():
+        raise MissingCheckpointError(f"checkpoint file not found: '{path}'. {help}")
+    return path
+
+
+def _is_pending_twin(cfg: GeneratorConfig) -> bool:
+    """True when model_id is a tiny-twin folder that --tiny will build before loading."""
+    return bool(cfg.tiny_twin and cfg.model_id and Path(cfg.model_id).name == cfg.tiny_twin
+                and not Path(cfg.model_id).exists())
+
+
+def ensure_pending_twin(cfg: GeneratorConfig) -> None:
+    """Build the tiny twin named by `cfg` if model_id points at its (missing) folder."""
+    if _is_pending_twin(cfg):
+        from fakeforge.tiny import ensure_tiny
+
+        ensure_tiny(cfg.tiny_twin, Path(cfg.model_id).parent)
+
+
+def check_checkpoint(cfg: GeneratorConfig, model_path, env, filename, help) -> None:
+    """Config-time check (no loading): the checkpoint must exist, unless it is a twin built on demand."""
+    if not _is_pending_twin(cfg):
+        resolve_checkpoint(cfg, model_path, env, filename, help)
