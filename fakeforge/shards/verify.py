@@ -43,6 +43,8 @@ def _read_tar(path: Path) -> dict[str, set[str]]:
 def verify_dataset(out_dir: str | Path, check_hashes: bool = True) -> dict:
     """Check a built dataset folder; returns a summary, raises VerifyError naming the first bad shard."""
     out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise VerifyError(f"dataset folder not found: '{out_dir}'")
     mpath = out_dir / MANIFEST
     if not mpath.is_file():
         raise VerifyError(f"no {MANIFEST} in '{out_dir}': the build did not finish (rerun the build command)")
