@@ -1,6 +1,6 @@
 """Builder throughput vs a plain diffusers loop, same tiny pipeline, prompts, steps and batch size, one run.
 
-    python benchmarks/bench_build.py [--images 72] [--batch-size 4] [--steps 4] [--size 128] [--repeats 3]
+    python benchmarks/bench_build.py [--images 240] [--batch-size 4] [--steps 4] [--size 128] [--repeats 3]
 
 Both sides include `from_pretrained` of the same twin. "plain" calls the pipeline over the prompt list
 and keeps the PIL images in memory; "plain+save" also writes each as a JPEG file (what a script
@@ -41,13 +41,13 @@ def plain_loop(twin: str, prompts: list[str], seeds: list[int], bs: int, steps: 
     return n / (time.perf_counter() - start)
 
 
-def builder(twin_root: str, n: int, bs: int, steps: int, size: int, out: Path) -> float:
+def builder(twin_root: str, source: dict, bs: int, steps: int, size: int, out: Path) -> float:
     import yaml
 
     from fakeforge.build.config import resolve_build
     from fakeforge.build.runner import build
 
-    cfg = {"output": str(out), "source": {"kind": "demo", "limit": n // 3, "captions_per_image": "all"}, "num_workers": 2,
+    cfg = {"output": str(out), "source": source, "num_workers": 2,
            "image": {"format": "jpeg", "quality": 95}, "shards": {"max_count": 1000},
            "sets": [{"name": "sd2", "generator": {"preset": "sd2", "scheduler": None, "batch_size": bs,
                                                   "tiny": {"num_inference_steps": steps, "height": size,
@@ -61,7 +61,7 @@ def builder(twin_root: str, n: int, bs: int, steps: int, size: int, out: Path) -
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=72)
+    p.add_argument("--images", type=int, default=240)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--size", type=int, default=128)
@@ -74,15 +74,18 @@ def main(argv=None) -> None:
 
     from fakeforge.build.plan import sample_seed
     from fakeforge.sources import SourceConfig, load_records
+    from fakeforge.sources.demo import write_demo_coco
     from fakeforge.tiny import build_tiny
 
     logging.getLogger("fakeforge").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="bench_build_"))
     twin = str(build_tiny("sd2", work / "tiny"))
-    # the demo source holds 24 images x 3 captions: every caption of the first images/3 source images
-    if not 3 <= args.images <= 72 or args.images % 3:
-        raise SystemExit(f"--images {args.images}: use a multiple of 3 up to 72 (demo source: 24 images x 3)")
-    sel = load_records(SourceConfig(kind="demo", limit=args.images // 3, captions_per_image="all"), work)
+    # a COCO-layout demo source with 3 captions per image; every caption becomes one prompt
+    if args.images < 3 or args.images % 3:
+        raise SystemExit(f"--images {args.images}: use a multiple of 3")
+    captions, images = write_demo_coco(work / "source", n_images=args.images // 3)
+    source = {"kind": "coco", "captions_file": str(captions), "images_dir": str(images), "captions_per_image": "all"}
+    sel = load_records(SourceConfig(**source), work)
     prompts, seeds = [r.caption for r in sel], [sample_seed("sd2", r) for r in sel]
     n = len(prompts)
     results = {"plain": [], "plain+save": [], "builder": []}
@@ -91,7 +94,7 @@ def main(argv=None) -> None:
         save = work / f"plain_{r}"
         save.mkdir()
         results["plain+save"].append(plain_loop(twin, prompts, seeds, args.batch_size, args.steps, args.size, save))
-        results["builder"].append(builder(str(work / "tiny"), len(sel), args.batch_size, args.steps, args.size,
+        results["builder"].append(builder(str(work / "tiny"), source, args.batch_size, args.steps, args.size,
                                           work / f"built_{r}"))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"tiny SD2 twin, {n} prompts, {args.size}px, {args.steps} steps, batch {args.batch_size}, "

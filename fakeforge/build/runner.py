@@ -105,10 +105,9 @@ def build(resolved: ResolvedBuild, progress: bool = True) -> dict:
                position=state.process_index, disable=not progress, dynamic_ncols=True)
     pool = ThreadPoolExecutor(max_workers=max(1, resolved.config.num_workers), thread_name_prefix="source-io")
     try:
-        for rset in resolved.sets:
+        active = [rset for rset in resolved.sets if any(s is rset for s, _ in todo)]
+        for n, rset in enumerate(active):
             jobs = [job for s, job in todo if s is rset]
-            if not jobs:
-                continue
             generator = rset.generator_cls(rset.generator_cfg, device=str(state.device))
             generator.load()
             settings = generator.settings()
@@ -131,7 +130,8 @@ def build(resolved: ResolvedBuild, progress: bool = True) -> dict:
                           common_meta=common, header=header, pool=pool, on_batch=on_batch,
                           max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20))
             del generator
-            _free_memory()
+            if n + 1 < len(active):  # release the accelerator before the next set's model loads
+                _free_memory()
     except KeyboardInterrupt:
         log.warning("interrupted: finished shards are kept; rerun the same command to resume")
         raise
