@@ -7,7 +7,9 @@ error whose message says what the file is and where users get it.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from fakeforge.config import ConfigError
 from generators.base import GeneratorConfig
@@ -49,3 +51,28 @@ def check_checkpoint(cfg: GeneratorConfig, model_path, env, filename, help) -> N
     """Config-time check (no loading): the checkpoint must exist, unless it is a twin built on demand."""
     if not _is_pending_twin(cfg):
         resolve_checkpoint(cfg, model_path, env, filename, help)
+
+
+@dataclass
+class CheckpointFileConfig(GeneratorConfig):
+    """Config of a generator whose weights are one file: `model_path`, the tiny twin's folder
+    (`model_id`, set by --tiny), or the environment variable `checkpoint_env`.
+
+    Subclasses set the class attributes `checkpoint_env`, `checkpoint_name` (the file inside a
+    folder) and `checkpoint_help` (what the file is and where to get it).
+    """
+
+    model_path: str | None = None
+    checkpoint_env: ClassVar[str] = ""
+    checkpoint_name: ClassVar[str] = ""
+    checkpoint_help: ClassVar[str] = ""
+
+    def check(self) -> None:
+        super().check()
+        check_checkpoint(self, self.model_path, self.checkpoint_env, self.checkpoint_name, self.checkpoint_help)
+
+    def checkpoint_path(self) -> Path:
+        """The checkpoint file to load (building a pending tiny twin first)."""
+        ensure_pending_twin(self)
+        return resolve_checkpoint(self, self.model_path, self.checkpoint_env, self.checkpoint_name,
+                                  self.checkpoint_help)

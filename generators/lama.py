@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from PIL import Image
 
 from fakeforge.config import ConfigError
-from generators.base import Generator, GeneratorConfig, GenRequest, GenResult, SampleError, array_to_pil
-from generators.checkpoint_file import check_checkpoint, ensure_pending_twin, resolve_checkpoint
+from generators.base import Generator, GenRequest, GenResult, SampleError, array_to_pil
+from generators.checkpoint_file import CheckpointFileConfig
 from generators.masks import MaskConfig, check_mask, make_mask, resize_mask
 from generators.source_image import (
     PREPARE_ERRORS,
@@ -117,7 +117,7 @@ def load_torchscript(path: Path, device: str):
 
 
 @dataclass
-class LamaConfig(GeneratorConfig):
+class LamaConfig(CheckpointFileConfig):
     """LaMa settings.
 
     model_path: big-lama.pt (or a folder holding it); else model_id (set by --tiny), else $FAKEFORGE_LAMA_MODEL.
@@ -127,7 +127,9 @@ class LamaConfig(GeneratorConfig):
     max_size: longer side of the working copy (huge sources are downscaled; output keeps the source size).
     """
 
-    model_path: str | None = None
+    checkpoint_env: ClassVar[str] = LAMA_ENV
+    checkpoint_name: ClassVar[str] = "big-lama.pt"
+    checkpoint_help: ClassVar[str] = LAMA_HELP
     mask: MaskConfig = field(default_factory=MaskConfig)
     pad_mode: Literal["symmetric", "reflect"] = "symmetric"
     min_size: int = 16
@@ -141,7 +143,6 @@ class LamaConfig(GeneratorConfig):
     def check(self) -> None:
         super().check()
         self.mask.check()
-        check_checkpoint(self, self.model_path, LAMA_ENV, "big-lama.pt", LAMA_HELP)
 
 
 class LamaInpaint(Generator):
@@ -151,8 +152,7 @@ class LamaInpaint(Generator):
     needs_source_image = True
 
     def load(self) -> None:
-        ensure_pending_twin(self.config)
-        path = resolve_checkpoint(self.config, self.config.model_path, LAMA_ENV, "big-lama.pt", LAMA_HELP)
+        path = self.config.checkpoint_path()
         self.model_file = path
         self.runner = LamaRunner(load_torchscript(path, self.device), self.device, self.config.pad_mode)
         probe = np.zeros((16, 16, 3), np.uint8), np.pad(np.ones((8, 8), np.uint8), 4)

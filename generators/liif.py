@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from fakeforge.config import ConfigError
-from generators.base import Generator, GeneratorConfig, GenRequest, GenResult, SampleError
-from generators.checkpoint_file import check_checkpoint, ensure_pending_twin, resolve_checkpoint
+from generators.base import Generator, GenRequest, GenResult, SampleError
+from generators.checkpoint_file import CheckpointFileConfig
 from generators.source_image import (
     PREPARE_ERRORS,
     check_min_size,
@@ -97,7 +98,7 @@ def load_liif(path: Path, device: str = "cpu"):
 
 
 @dataclass
-class LiifConfig(GeneratorConfig):
+class LiifConfig(CheckpointFileConfig):
     """LIIF settings.
 
     model_path: the .pth/.safetensors checkpoint (or a folder holding liif.pth); else model_id (set by
@@ -108,7 +109,9 @@ class LiifConfig(GeneratorConfig):
         longer side exceeds max_size before degrading.
     """
 
-    model_path: str | None = None
+    checkpoint_env: ClassVar[str] = LIIF_ENV
+    checkpoint_name: ClassVar[str] = "liif.pth"
+    checkpoint_help: ClassVar[str] = LIIF_HELP
     scale: float = 4.0
     eval_bsize: int = 30000
     min_size: int = 16
@@ -122,10 +125,6 @@ class LiifConfig(GeneratorConfig):
             raise ConfigError(f"generator.eval_bsize = {self.eval_bsize} must be >= 1")
         check_size_limits(self.min_size, self.max_size)
 
-    def check(self) -> None:
-        super().check()
-        check_checkpoint(self, self.model_path, LIIF_ENV, "liif.pth", LIIF_HELP)
-
 
 class LiifSuperRes(Generator):
     """Degrade-and-restore super-resolution with LIIF (not text-conditioned: the prompt is unused)."""
@@ -134,8 +133,7 @@ class LiifSuperRes(Generator):
     needs_source_image = True
 
     def load(self) -> None:
-        ensure_pending_twin(self.config)
-        path = resolve_checkpoint(self.config, self.config.model_path, LIIF_ENV, "liif.pth", LIIF_HELP)
+        path = self.config.checkpoint_path()
         self.model_file = path
         self.model, self.model_args = load_liif(path, self.device)
 
