@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from builder_helpers import write_build_config, write_coco
+from PIL import Image
 
 from fakeforge.build.config import resolve_build
 from fakeforge.build.runner import build
@@ -39,6 +40,10 @@ def _keys_and_bytes(out: Path) -> dict[str, bytes]:
 
 def _build(cfg_path, tiny_dir, **kw):
     return build(resolve_build(str(cfg_path), tiny=True, tiny_root=tiny_dir, **kw), progress=False)
+
+
+def _build_retry(cfg_path, tiny_dir):
+    return build(resolve_build(str(cfg_path), tiny=True, tiny_root=tiny_dir), progress=False, retry_failed=True)
 
 
 def test_build_is_deterministic_verified_and_readable(tmp_path, tiny_dir):
@@ -140,6 +145,11 @@ def test_corrupt_source_image_is_recorded_not_fatal(tmp_path, tiny_dir):
     stats = json.loads((tmp_path / "r" / "real" / "000000.stats.json").read_text())
     assert stats["failures"][0]["key"].startswith("real-2-") and "empty" in stats["failures"][0]["error"]
     assert verify_dataset(tmp_path / "r")["samples"] == 3
+    Image.new("RGB", (40, 32), (1, 2, 3)).save(images / "000000000002.jpg")  # the user fixes the file
+    assert _build(cfg, tiny_dir)["written"] == 0, "a plain rerun keeps finished shards"
+    summary = _build_retry(cfg, tiny_dir)
+    assert summary["written"] == 4 and summary["failed"] == 0
+    assert verify_dataset(tmp_path / "r")["samples"] == 4
 
 
 def test_bad_inputs_stop_before_any_model_loads(tmp_path, tiny_dir, capsys):

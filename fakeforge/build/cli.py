@@ -27,6 +27,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                                                          "or ~/.cache/fakeforge/tiny)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. source.limit=100 (repeatable)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also redo finished shards that recorded failed samples")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.epilog = BUILD_EPILOG
 
@@ -37,7 +39,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir)
-    summary = build(resolved, progress=not args.no_progress)
+    summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed)
     if summary.get("manifest") is not None:
         print(f"wrote {resolved.output} ({sum(v['count'] for v in summary['manifest'].values())} samples); "
               f"check it with: fakeforge verify {resolved.output}")

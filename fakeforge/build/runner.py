@@ -74,8 +74,11 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def build(resolved: ResolvedBuild, progress: bool = True) -> dict:
-    """Build (or resume) every set of `resolved`; returns a summary dict. Safe to rerun."""
+def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = False) -> dict:
+    """Build (or resume) every set of `resolved`; returns a summary dict. Safe to rerun.
+
+    `retry_failed` also redoes finished shards that recorded failed samples (e.g. after an
+    out-of-memory error or a fixed source image); keys and seeds are the same, so nothing else changes."""
     from tqdm.auto import tqdm
 
     state = process_state()
@@ -96,7 +99,7 @@ def build(resolved: ResolvedBuild, progress: bool = True) -> dict:
 
     all_jobs = [(rset, job) for rset, jobs in plans for job in jobs]
     mine = [(rset, job) for i, (rset, job) in enumerate(all_jobs) if i % state.num_processes == state.process_index]
-    todo = [(rset, job) for rset, job in mine if not is_done(out / rset.name, job.index)]
+    todo = [(rset, job) for rset, job in mine if not is_done(out / rset.name, job.index, retry_failed)]
     summary = {"rank": state.process_index, "shards_total": len(all_jobs), "shards_mine": len(mine),
                "shards_skipped": len(mine) - len(todo), "written": 0, "failed": 0, "seconds": 0.0}
     versions = library_versions()
@@ -145,6 +148,10 @@ def build(resolved: ResolvedBuild, progress: bool = True) -> dict:
                  "model_id": rset.model_label, "shards": len(jobs)} for rset, jobs in plans]
         manifest = build_manifest(out, sets, resolved.hash, {"tiny": resolved.tiny, "versions": versions})
         summary["manifest"] = {k: {"count": v["count"], "failed": v["failed"]} for k, v in manifest["sets"].items()}
+        if manifest["failed"]:
+            log.warning("%d samples failed (their errors are in each shard's .stats.json); after fixing the "
+                        "cause, rerun with --retry-failed to redo only the shards that have failures",
+                        manifest["failed"])
     _log_summary(summary)
     return summary
 

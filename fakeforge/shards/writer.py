@@ -27,15 +27,17 @@ def stats_path(set_dir: Path, index: int) -> Path:
     return Path(set_dir) / f"{shard_stem(index)}{STATS_SUFFIX}"
 
 
-def is_done(set_dir: Path, index: int) -> bool:
-    """True when shard `index` finished (its stats file exists and parses)."""
+def is_done(set_dir: Path, index: int, without_failures: bool = False) -> bool:
+    """True when shard `index` finished (its stats file exists and parses); with `without_failures`,
+    only when no sample of it failed either."""
     p = stats_path(set_dir, index)
     if not p.is_file():
         return False
     try:
-        return bool(json.loads(p.read_text()).get("done"))
+        stats = json.loads(p.read_text())
     except (json.JSONDecodeError, OSError):
         return False
+    return bool(stats.get("done")) and not (without_failures and stats.get("failed"))
 
 
 def clear_partial(set_dir: Path, index: int) -> None:
