@@ -77,8 +77,8 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             value = raw
         parts = key.strip().split(".")
         node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            node = _child(node, part, key, create=True)
+        for part in parts[:-1]:
+            node = _child(node, part, key)
         last = parts[-1]
         if isinstance(node, list):
             node[_index(node, last, key)] = value
@@ -93,7 +93,7 @@ def _index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
-def _child(node: Any, part: str, key: str, create: bool) -> Any:
+def _child(node: Any, part: str, key: str) -> Any:
     if isinstance(node, list):
         return node[_index(node, part, key)]
     if not isinstance(node, dict):
@@ -116,14 +116,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"'{path}' = {value!r} has the wrong type; expected {_type_name(tp)}")
     if origin is typing.Literal:
         if value not in typing.get_args(tp):

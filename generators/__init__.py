@@ -49,6 +49,7 @@ def resolve_generator_spec(spec: str | dict) -> dict:
     """A build config's `generator:` entry -> full raw generator config.
 
     Accepts a preset name ("sd2"), a mapping with `preset:` plus overrides, or a full mapping with `type:`.
+    Precedence with --tiny: preset < the preset's `tiny:` block < keys set explicitly in `spec`.
     """
     if isinstance(spec, str):
         return load_preset(spec)
@@ -58,6 +59,8 @@ def resolve_generator_spec(spec: str | dict) -> dict:
     preset = spec.pop("preset", None)
     base = load_preset(preset) if preset else {}
     merged = deep_merge(base, spec)
+    if isinstance(merged.get("tiny"), dict):  # what the user set explicitly wins over the preset's tiny block
+        merged["tiny"] = {k: v for k, v in merged["tiny"].items() if k not in spec or k in (spec.get("tiny") or {})}
     if "type" not in merged:
         raise ConfigError(f"generator config {spec!r} needs a 'type' (one of {', '.join(GENERATORS.names())}) "
                           f"or a 'preset' (one of {', '.join(preset_names())})")

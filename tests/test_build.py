@@ -152,6 +152,13 @@ def test_corrupt_source_image_is_recorded_not_fatal(tmp_path, tiny_dir):
     assert verify_dataset(tmp_path / "r")["samples"] == 4
 
 
+def test_overrides_reach_into_a_set_named_by_preset():
+    r = resolve_build(None, ["sets.1.generator.num_inference_steps=3", "source.limit=4"], tiny=True)
+    assert r.sets[1].generator_name == "sd2" and r.sets[1].generator_cfg.num_inference_steps == 3
+    assert r.config.source.limit == 4
+    assert r.hash != resolve_build(None, tiny=True).hash
+
+
 def test_bad_inputs_stop_before_any_model_loads(tmp_path, tiny_dir, capsys):
     coco = tmp_path / "coco"
     captions, images = write_coco(coco, n=2)

@@ -105,6 +105,15 @@ class ResolvedBuild:
         return Path(self.config.output)
 
 
+def _normalise_sets(raw: dict) -> dict:
+    """`generator: sd2` -> `generator: {preset: sd2}`, so overrides like sets.1.generator.num_inference_steps=30
+    can reach into a set named by preset."""
+    for s in raw.get("sets") or []:
+        if isinstance(s, dict) and isinstance(s.get("generator"), str):
+            s["generator"] = {"preset": s["generator"]}
+    return raw
+
+
 def _generator_label(spec: Any) -> str:
     if isinstance(spec, str):
         return spec
@@ -119,7 +128,7 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
     from generators import generator_config, resolve_generator_spec
 
     path = resolve_named_config(config or DEFAULT_BUILD, "build")
-    raw = apply_overrides(load_yaml(path), overrides)
+    raw = apply_overrides(_normalise_sets(load_yaml(path)), overrides)
     if limit is not None:
         if limit < 1:
             raise ConfigError(f"--limit {limit} must be a positive integer")
