@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from fakeforge.config import ConfigError
 
@@ -55,34 +56,39 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Check configs without loading any model; exit 1 if any is invalid."""
+    """Check build configs and generator presets without loading any model; exit 1 if any is invalid.
+
+    A YAML with a top-level `type:` is a generator preset, anything else a build config."""
     from fakeforge.build.config import resolve_build
-    from fakeforge.config import CONFIG_ROOT
+    from fakeforge.config import CONFIG_ROOT, load_yaml
     from fakeforge.registry import UnknownNameError
-    from generators import generator_config, load_preset, preset_names
+    from generators import PRESET_DIR, generator_config, resolve_generator_spec
     from generators.checkpoint_file import MissingCheckpointError
 
+    def check_build(target: str) -> str:
+        r = resolve_build(target, tiny=args.tiny)
+        return f"sets {', '.join(s.name for s in r.sets)} (config_hash {r.hash})"
+
+    def check_preset(target: str) -> str:
+        generator_config(resolve_generator_spec(load_yaml(target)), tiny=args.tiny)
+        return ""
+
+    targets = args.configs or [str(p) for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))
+                               + sorted(PRESET_DIR.glob("*.yaml"))]
     failures = 0
-    targets = args.configs or [str(p) for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))]
     for target in targets:
+        kind = "build "
         try:
-            r = resolve_build(target, tiny=args.tiny)
-            print(f"ok   build  {target}: sets {', '.join(s.name for s in r.sets)} (config_hash {r.hash})")
+            raw = load_yaml(target) if Path(target).is_file() else {}
+            if "type" in raw and "sets" not in raw:
+                kind = "preset"
+            detail = check_preset(target) if kind == "preset" else check_build(target)
+            print(f"ok   {kind} {target}{': ' + detail if detail else ''}")
         except MissingCheckpointError as exc:  # a file this machine lacks, not a config mistake
-            print(f"ok   build  {target} (checkpoint not found here: {exc})")
+            print(f"ok   {kind} {target} (checkpoint not found here: {exc})")
         except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
             failures += 1
-            print(f"FAIL build  {target}: {exc}", file=sys.stderr)
-    if not args.configs:
-        for name in preset_names():
-            try:
-                generator_config(load_preset(name), tiny=args.tiny)
-                print(f"ok   preset {name}")
-            except MissingCheckpointError as exc:
-                print(f"ok   preset {name} (checkpoint not found here: {exc})")
-            except (ConfigError, UnknownNameError) as exc:
-                failures += 1
-                print(f"FAIL preset {name}: {exc}", file=sys.stderr)
+            print(f"FAIL {target}: {exc}", file=sys.stderr)
     return 1 if failures else 0
 
 
