@@ -118,3 +118,23 @@ def test_mixing_weights_and_explicit_validation_set(run, tmp_path):
     assert meta["training"]["data"]["weights"] == {"coco": 1.0, "sd2": 3.0}
     assert sum(sum(c.values()) for c in meta["training"]["data"]["val"].values()) == 12
     assert [r["step"] for r in _metrics(out) if r["split"] == "val"] == ["3"]
+
+
+def test_two_process_training_with_torchrun(tiny_instructblip, tmp_path):
+    """torchrun with 2 CPU processes (gloo): shards split across ranks, one best/ and metrics.csv written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    data = write_dataset(tmp_path / "data", n_real=16, n_fake=16, shards=2)
+    out = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           str(root / "train.py"), "--config", "antifakeprompt_tiny", "--out", str(out),
+                           "--set", f"data.train=[{data}]", "--set", "train.epochs=1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "best" / "pseudo_word.safetensors").is_file()
+    assert [r["split"] for r in _metrics(out)].count("val") == 1
