@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import types
 import typing
@@ -16,7 +17,9 @@ from typing import Any
 
 import yaml
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+#: The shipped named configs: the checkout's `configs/` folder, installed as the package `fakeforge.configs`
+#: (so a wheel install finds them too).
+CONFIG_ROOT = Path(str(importlib.resources.files("fakeforge.configs")))
 
 
 class ConfigError(ValueError):
