@@ -53,7 +53,8 @@ def test_wheel_install_has_configs_and_builds_outside_the_checkout(tmp_path, tin
     venv_site = next(venv.glob("lib/python*/site-packages"))
     # The test environment's packages are appended after the venv's own site-packages; its .pth files
     # (the editable install of this checkout) are not processed, so `fakeforge` comes from the wheel.
-    (venv_site / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    deps = dict.fromkeys([*site.getsitepackages(), *(p for p in sys.path if p.endswith("site-packages"))])
+    (venv_site / "deps.pth").write_text("\n".join(deps) + "\n")
     py = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(wheel)],
                    check=True, capture_output=True)
