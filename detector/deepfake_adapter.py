@@ -77,7 +77,7 @@ class DeepFakeAdapterConfig:
         Preprocess(mean=self.mean, std=self.std).validate()
 
     def to_tiny(self) -> "DeepFakeAdapterConfig":
-        return replace(self, backbone=TINY_BACKBONE, pretrained=True)
+        return replace(self, backbone=TINY_BACKBONE, pretrained=True, interaction_groups=None)
 
 
 class BottleneckAdapter(nn.Module):
