@@ -217,3 +217,21 @@ def test_damaged_or_foreign_checkpoints_are_refused(probe_ckpt, tmp_path):
     save_file({k: v for k, v in tensors.items() if k != "feature_std"}, str(bad / "weights.safetensors"))
     with pytest.raises(CheckpointError, match="missing tensors \\['feature_std'\\]"):
         load_detector(bad)
+
+
+def test_benchmark_smoke(tiny_dir, capsys, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_detectors.py"
+    spec = importlib.util.spec_from_file_location("bench_detectors", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--iters", "1", "--warmup", "0", "--batch-size", "4", "--bank", "20", "--fit-images", "8",
+                       "--workers", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["scoring"]) == set(NEW_FAMILIES)
+    assert res["probe_fit"]["from_images"]["built"] == ["coco", "sd2"]
+    assert res["probe_fit"]["from_cache"]["reused"] == ["coco", "sd2"] and res["probe_fit"]["images"] == 16
+    assert "16,917,838" not in capsys.readouterr().out  # the tiny adapter prints its own, smaller count
