@@ -234,4 +234,4 @@ def test_benchmark_smoke(tiny_dir, capsys, tmp_path):
     assert set(res["scoring"]) == set(NEW_FAMILIES)
     assert res["probe_fit"]["from_images"]["built"] == ["coco", "sd2"]
     assert res["probe_fit"]["from_cache"]["reused"] == ["coco", "sd2"] and res["probe_fit"]["images"] == 16
-    assert "16,917,838" not in capsys.readouterr().out  # the tiny adapter prints its own, smaller count
+    assert "trainable parameters: " in capsys.readouterr().out
