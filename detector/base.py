@@ -319,7 +319,7 @@ class FeatureDetector(Detector):
         super().__init__(config, backbone.preprocess)
         self.backbone = backbone
         backbone.requires_grad_(False)
-        backbone.eval()
+        self.eval()  # built for scoring; a trainer switches heads to train()
 
     def train(self, mode: bool = True) -> "FeatureDetector":
         super().train(mode)

@@ -226,6 +226,7 @@ class DeepFakeAdapter(Detector):
             nn.init.trunc_normal_(linear.weight, std=0.01)
             self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), linear)
         self._checkpointing = False
+        self.eval()  # built for scoring; the trainer switches to train()
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod

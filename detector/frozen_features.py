@@ -54,7 +54,7 @@ class _FrozenFeatureDetector(FeatureDetector):
             config = config.to_tiny()
         config.validate()
         backbone = FeatureBackbone.load(config.backbone, device=device, dtype=config.dtype)
-        return cls(config, backbone).to(backbone.device)
+        return cls(config, backbone).to(backbone.device).eval()
 
     def _standardise(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats.to(self.feature_mean.device).float() - self.feature_mean) / self.feature_std
