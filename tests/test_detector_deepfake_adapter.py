@@ -64,8 +64,13 @@ def test_adapters_start_as_a_no_op_on_the_vit_stream(tiny_dir):
         assert torch.equal(det.interactions[0].injector(x, c), x)
         for i in range(len(v.blocks)):
             assert torch.allclose(det._block(i, x), v.blocks[i](x), atol=1e-6)
-        det.gba[0].up_proj.weight.fill_(0.1)
-        assert not torch.allclose(det._block(0, x), v.blocks[0](x), atol=1e-3)
+        # trained: the GBA reads the post-attention stream and adds next to the MLP branch
+        det.gba[0].up_proj.weight.normal_(0, 0.1)
+        blk = v.blocks[0]
+        mid = x + blk.attn(blk.norm1(x))
+        expected = mid + blk.mlp(blk.norm2(mid)) + det.gba[0](mid)
+        assert torch.allclose(det._block(0, x), expected, atol=1e-5)
+        assert not torch.allclose(det._block(0, x), blk(x), atol=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -124,6 +124,28 @@ def test_feature_cache_reused_for_the_same_backbone_rebuilt_for_another(sets, ti
     assert fourth.built == ["coco"] and counter.calls > 0
 
 
+def test_new_weights_under_the_same_name_rebuild_the_cache_and_refuse_old_checkpoints(sets, tiny_dir, tmp_path):
+    """A backbone folder (or hub snapshot) whose weights changed keeps its name: the weights hash decides."""
+    from detector.base import CheckpointError
+    from detector.feature_cache import FeatureCache
+    from detector.io import load_detector, save_detector
+    from fakeforge.tiny.backbone_twins import build_timm_vit
+
+    folder = tmp_path / "vit"
+    build_timm_vit(folder, seed=0)
+    spec = _specs(sets["test"])[0]
+    old = _det("linear_probe", f"timm:local-dir:{folder}")
+    FeatureCache(tmp_path / "cache").load_or_build(old, spec)
+    ckpt = save_detector(old, tmp_path / "probe")
+    build_timm_vit(folder, seed=1)  # same name, other weights
+    new = _det("linear_probe", f"timm:local-dir:{folder}")
+    cache = FeatureCache(tmp_path / "cache")
+    cache.load_or_build(new, spec)
+    assert cache.built == ["coco"] and cache.reused == []
+    with pytest.raises(CheckpointError, match="weights_sha256"):
+        load_detector(ckpt, device="cpu")
+
+
 def test_a_cache_file_from_another_backbone_is_rebuilt_not_reused(sets, tiny_dir, tmp_path):
     from detector.feature_cache import FeatureCache
 

@@ -162,14 +162,20 @@ def test_save_writes_safetensors_json_and_card(probe_ckpt):
     assert "linear_probe" in (path / "README.md").read_text()
 
 
-def test_load_gives_identical_scores_and_preprocessing(probe_ckpt):
-    from detector.io import load_detector
+def test_load_gives_identical_scores_and_preprocessing(probe_ckpt, tmp_path):
+    from dataclasses import replace
+
+    from detector.io import load_detector, save_detector
 
     det = probe_ckpt["det"]
     back = load_detector(probe_ckpt["path"], device="cpu")
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     assert torch.equal(det.score(x), back.score(x))
     assert back.preprocess == det.preprocess
+    # preprocessing set by training (e.g. measured mean/std) travels with the checkpoint
+    back.preprocess = replace(back.preprocess, mean=[0.1, 0.2, 0.3], source="measured")
+    again = load_detector(save_detector(back, tmp_path / "p"), device="cpu")
+    assert again.preprocess.mean == [0.1, 0.2, 0.3] and again.preprocess.source == "measured"
 
 
 def test_checkpoint_for_another_detector_or_backbone_is_refused(probe_ckpt, tmp_path):
