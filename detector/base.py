@@ -11,7 +11,8 @@ A detector is an `nn.Module` subclass of `Detector`, registered in `detector.DET
 * **Train** — `fit_mode` says how:
     - `"gradient"`: `forward(pixels, labels) -> scalar loss` (labels: 0 real, 1 fake). The trainer
       optimises `trainable_parameters()` only (`named_trainable_parameters()` gives stable names for
-      optimizer state and resume). `train()/eval()` are honoured (BatchNorm, dropout).
+      optimizer state and resume). `train()/eval()` are honoured (BatchNorm, dropout); training batches
+      smaller than `min_train_batch` are skipped by the trainer.
     - `"features"` (`FeatureDetector`): a frozen backbone maps images to features once
       (`features(pixels)`), the features are cached on disk (`detector.feature_cache`), and
       `fit_features(train, val)` fits the head from the cache in seconds (closed-form/short loops).
@@ -202,6 +203,7 @@ class Detector(nn.Module):
     accepted_formats: ClassVar[tuple[str, ...]] = ()  # legacy detector.json "format" values also read
     # state_dict prefixes whose entries (parameters and buffers) make up checkpoint_state()
     state_prefixes: ClassVar[tuple[str, ...]] = ()
+    min_train_batch: ClassVar[int] = 1  # a trainer skips smaller training batches (BatchNorm needs 2)
 
     def __init__(self, config: Any, preprocess: Preprocess):
         super().__init__()

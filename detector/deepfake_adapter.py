@@ -183,6 +183,7 @@ class DeepFakeAdapter(Detector):
     name: ClassVar[str] = "deepfake_adapter"
     config_class: ClassVar[type] = DeepFakeAdapterConfig
     state_prefixes: ClassVar[tuple[str, ...]] = ("gba.", "spm.", "level_embed", "interactions.", "head.")
+    min_train_batch: ClassVar[int] = 2  # BatchNorm1d head; the official loop skips batches of 1
 
     def __init__(self, vit: nn.Module, config: DeepFakeAdapterConfig, backbone_name: str | None = None):
         from timm.models.vision_transformer import Block, VisionTransformer

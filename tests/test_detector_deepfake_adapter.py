@@ -51,6 +51,7 @@ def test_only_adapters_and_head_are_trainable(tiny_dir):
     assert not any(p.requires_grad for p in det.vit.parameters())
     assert {n.split(".")[0] for n in trainable} == {"gba", "spm", "level_embed", "interactions", "head"}
     assert set(det.checkpoint_state()) >= trainable | {"spm.stem.1.running_mean", "head.0.running_var"}
+    assert det.min_train_batch == 2  # the BatchNorm1d head cannot train on one image
 
 
 def test_adapters_start_as_a_no_op_on_the_vit_stream(tiny_dir):
