@@ -9,4 +9,13 @@ DETECTORS = Registry("detector")
 DETECTORS.register("antifakeprompt", "detector.antifakeprompt:AntifakePrompt",
                    "AntifakePrompt: InstructBLIP prompt-tuned with one pseudo-word ([*]), 2 trainable rows")
 
+DETECTORS.register("deepfake_adapter", "detector.deepfake_adapter:DeepFakeAdapter",
+                   "DeepFake-Adapter: frozen timm ViT-B/16 + GBA + spatial adapters, ~16.9M trainable")
+DETECTORS.register("linear_probe", "detector.frozen_features:LinearProbe",
+                   "logistic regression on frozen CLIP/ImageNet features (UnivFD, COCOFake), fitted from a cache")
+DETECTORS.register("nearest_neighbor", "detector.frozen_features:NearestNeighbor",
+                   "k-nearest-neighbour vote in a frozen CLIP/ImageNet feature space (UnivFD)")
+DETECTORS.register("contrastive_disentangle", "detector.disentangle:ContrastiveDisentangle",
+                   "COCOFake's style/semantic contrastive projections + classifier on frozen features")
+
 __all__ = ["DETECTORS"]

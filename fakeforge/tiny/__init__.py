@@ -32,6 +32,12 @@ for _name, _help in [("sd2_inpaint", "StableDiffusionInpaintPipeline (9-channel 
                      ("liif", "LIIF (EDSR-baseline encoder + implicit MLP) state dict"),
                      ("lama", "TorchScript model with big-lama.pt's call contract")]:
     TWINS.register(_name, f"fakeforge.tiny.editing_twins:build_{_name}", _help)
+# detector backbones (issue 11)
+for _name, _help in [("timm_vit", "timm VisionTransformer (ViT-B/16 class), local-dir folder"),
+                     ("timm_resnet", "timm ResNet (ResNet-50 Bottleneck class), local-dir folder"),
+                     ("open_clip_vit", "open_clip CLIP with a ViT image tower, local-dir folder"),
+                     ("hf_clip_vit", "transformers CLIPVisionModelWithProjection + CLIPImageProcessor")]:
+    TWINS.register(_name, f"fakeforge.tiny.backbone_twins:build_{_name}", _help)
 
 MARKER = "fakeforge_tiny.json"
 

@@ -1,0 +1,364 @@
+"""The detector interface: what every detector family provides to the trainer, `detect`, `eval` and the I/O.
+
+A detector is an `nn.Module` subclass of `Detector`, registered in `detector.DETECTORS` under `name`:
+
+* **Build** — `Cls.from_config(config, device=None, tiny=False)`. `config` is an instance of
+  `Cls.config_class` (a dataclass: the YAML's `model:` section, parsed with `fakeforge.config.from_dict`).
+  `tiny=True` swaps the real model ids for their tiny twins before anything loads.
+* **Score** — `score(pixels, method=None) -> P(fake)`: float32 CPU tensor of shape [B] in [0, 1], no
+  gradients. `pixels` is a batch made by `detector.preprocess.transform(train=False)`. `method` picks
+  one of `scoring_methods` (None: the config's default).
+* **Train** — `fit_mode` says how:
+    - `"gradient"`: `forward(pixels, labels) -> scalar loss` (labels: 0 real, 1 fake). The trainer
+      optimises `trainable_parameters()` only (`named_trainable_parameters()` gives stable names for
+      optimizer state and resume). `train()/eval()` are honoured (BatchNorm, dropout); training batches
+      smaller than `min_train_batch` are skipped by the trainer.
+    - `"features"` (`FeatureDetector`): a frozen backbone maps images to features once
+      (`features(pixels)`), the features are cached on disk (`detector.feature_cache`), and
+      `fit_features(train, val)` fits the head from the cache in seconds (closed-form/short loops).
+* **Preprocessing travels with the model** — `detector.preprocess` (`Preprocess`: size, resize rule,
+  interpolation, crop, mean/std, train augmentation) is set by `from_config` from the backbone or the
+  recipe, may be replaced by the trainer (e.g. mean/std measured on the data), is saved in the
+  checkpoint JSON and restored on load.
+* **State** — `checkpoint_state()` -> the tensors that make this detector differ from its base model
+  (trainable parameters plus the buffers that training changes, such as BatchNorm statistics or a
+  kNN feature bank); `load_checkpoint_state(tensors, source)` is strict. The frozen base model is never
+  saved: `identity()` describes it (architecture + a content hash of its weights) and a checkpoint whose
+  identity differs is refused, naming both (`check_identity`). `detector.io.save_detector` /
+  `load_detector` write/read `weights.safetensors` + `detector.json` (detector name, format version,
+  config, identity, preprocessing, training summary).
+
+How AntifakePrompt (`detector/antifakeprompt.py`) maps onto this interface without behaviour changes
+(phase B; nothing here changes it):
+
+| interface | AntifakePrompt today |
+|---|---|
+| `name`, `config_class`, `fit_mode` | "antifakeprompt", `AntifakePromptConfig`, "gradient" |
+| `from_config(cfg, device, tiny)` | exists with that signature |
+| `score(pixels, method)`, `scoring_methods` | exists; ("logits", "loss"): the one-pass and the loss-rule scorers |
+| `forward(pixels, labels)` | exists (answer-token cross-entropy) |
+| `trainable_parameters()`, `num_trainable()` | exist: the two embedding rows |
+| `checkpoint_state()` / `load_checkpoint_state(t, source)` | `rows()` / `load_rows(t, source)` (width check kept) |
+| `weights_file`, `accepted_formats` | "pseudo_word.safetensors", ("fakeforge.antifakeprompt",): old folders load as they are |
+| `identity()` | {"detector", "base_model": model_id, "row_widths"} (compare on `row_widths` only) |
+| `preprocess` | `Preprocess.from_dict(checkpoint["preprocess"])` — the old dict {image_size, mean, std, source} is accepted; bicubic shorter side + crop (+ random crop/flip in training) is the default rule |
+| `enable_gradient_checkpointing()` | exists |
+
+Phase B only has to add the class attributes and the four small methods above (delegating to
+`rows`/`load_rows`), and set `preprocess` from `default_preprocess` or the training statistics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from fakeforge.config import ConfigError
+
+if TYPE_CHECKING:
+    from detector.feature_cache import FeatureSet
+
+log = logging.getLogger(__name__)
+
+FIT_GRADIENT = "gradient"
+FIT_FEATURES = "features"
+# identity keys that are shown in messages but not compared (a folder may move, weights stay the same)
+IDENTITY_INFO_KEYS = ("backbone", "base_model")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used here: wrong format, another detector or backbone, bad tensors."""
+
+
+# ------------------------------------------------------------------------------------------- preprocess
+@dataclass
+class Preprocess:
+    """How a PIL image becomes the model's input tensor; saved with every checkpoint.
+
+    resize "shorter_side": scale the shorter side to image_size / crop_pct, then center-crop image_size
+    (random crop in training when train_augment is "crop_flip"). resize "square": scale straight to
+    image_size x image_size (aspect ratio not kept), as DeepFake-Adapter's loader does.
+    """
+
+    image_size: int = 224
+    resize: Literal["shorter_side", "square"] = "shorter_side"
+    crop_pct: float = 1.0
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    train_augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
+    source: str = ""  # where the values come from (shown in model cards; not part of the identity)
+
+    def validate(self) -> None:
+        if self.image_size < 1:
+            raise ConfigError(f"preprocess.image_size = {self.image_size} must be positive")
+        if not 0 < self.crop_pct <= 1:
+            raise ConfigError(f"preprocess.crop_pct = {self.crop_pct} must be within (0, 1]")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if len(value) != 3:
+                raise ConfigError(f"preprocess.{key} = {value} must have 3 values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"preprocess.std = {self.std} must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        """From a checkpoint/config dict; unknown keys are refused, missing ones take the defaults
+        (so AntifakePrompt's {image_size, mean, std, source} dict reads as its bicubic shorter-side rule)."""
+        from fakeforge.config import from_dict
+
+        return from_dict(cls, dict(data), "preprocess")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> dict:
+        """The fields that change the pixels a model sees (everything but `source`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+
+    def transform(self, train: bool = False) -> Callable:
+        """PIL RGB image -> normalised float tensor [3, image_size, image_size]."""
+        from torchvision import transforms as T
+
+        self.validate()
+        if (self.resize == "shorter_side" and self.crop_pct == 1.0 and self.interpolation == "bicubic"
+                and (self.train_augment == "crop_flip" or not train)):
+            from detector.data import build_transform  # the AntifakePrompt rule, shared as it is
+
+            return build_transform(self.image_size, self.mean, self.std, train=train)
+        mode = getattr(T.InterpolationMode, self.interpolation.upper())
+        if self.resize == "square":
+            steps: list = [T.Resize([self.image_size, self.image_size], interpolation=mode)]
+        else:
+            steps = [T.Resize(int(self.image_size / self.crop_pct), interpolation=mode)]
+            use_random = train and self.train_augment == "crop_flip"
+            steps.append(T.RandomCrop(self.image_size) if use_random else T.CenterCrop(self.image_size))
+        if train and self.train_augment in ("crop_flip", "flip"):
+            steps.append(T.RandomHorizontalFlip())
+        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """"auto"/None: CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto": bf16 (or fp16) on CUDA, fp32 on CPU; else the named dtype."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"dtype = {name!r} must be one of {['auto', *table]}")
+    return table[name]
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a module's state dict (sorted by name).
+
+    Two backbones share a fingerprint only if every weight is bit-identical. Meta tensors (shape-only
+    models) give "meta"."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if tensor.is_meta:
+            return "meta"
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def describe_identity(identity: dict) -> str:
+    """One readable phrase: "deepfake_adapter on backbone 'vit_...' (weights 1a2b3c4d5e6f)"."""
+    parts = [str(identity.get("detector", "?"))]
+    for key in IDENTITY_INFO_KEYS:
+        if identity.get(key):
+            parts.append(f"on {key.replace('_', ' ')} '{identity[key]}'")
+    sha = identity.get("weights_sha256")
+    if sha:
+        parts.append(f"(weights {str(sha)[:12]})")
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------- detector
+class Detector(nn.Module):
+    """Base class of every detector family (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type | None] = None
+    fit_mode: ClassVar[str] = FIT_GRADIENT
+    scoring_methods: ClassVar[tuple[str, ...]] = ("default",)
+    weights_file: ClassVar[str] = "weights.safetensors"
+    state_version: ClassVar[int] = 1  # bump when the meaning of checkpoint_state() changes
+    accepted_formats: ClassVar[tuple[str, ...]] = ()  # legacy detector.json "format" values also read
+    # state_dict prefixes whose entries (parameters and buffers) make up checkpoint_state()
+    state_prefixes: ClassVar[tuple[str, ...]] = ()
+    min_train_batch: ClassVar[int] = 1  # a trainer skips smaller training batches (BatchNorm needs 2)
+
+    def __init__(self, config: Any, preprocess: Preprocess):
+        super().__init__()
+        self.config = config
+        self.preprocess = preprocess
+
+    # ----------------------------------------------------------------------------------------- build
+    @classmethod
+    def from_config(cls, config: Any, device: str | torch.device | None = None, tiny: bool = False) -> "Detector":
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------- use
+    def score(self, pixels: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        """P(fake) per image, float32 on the CPU, shape [B]."""
+        raise NotImplementedError
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Training loss (gradient detectors)."""
+        raise NotImplementedError(f"detector {self.name!r} does not train by gradient steps on images "
+                                  f"(fit_mode = {self.fit_mode!r})")
+
+    def check_method(self, method: str | None) -> str:
+        """The scoring method to use; ConfigError naming the valid ones otherwise."""
+        method = method or self.scoring_methods[0]
+        if method not in self.scoring_methods:
+            raise ConfigError(f"scoring = {method!r} is not a scoring method of {self.name!r}; "
+                              f"valid: {list(self.scoring_methods)}")
+        return method
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass where the family supports it (default: no-op)."""
+
+    # ----------------------------------------------------------------------------------------- parameters
+    def named_trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the trainer optimises, by their stable state-dict names."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.named_trainable_parameters().values())
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def trainable_summary(self) -> str:
+        """One line for logs and model cards (families override it with a breakdown)."""
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        return f"trainable parameters: {self.num_trainable():,} (frozen: {frozen:,})"
+
+    # ----------------------------------------------------------------------------------------- state
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """Everything training changed: the state-dict entries under `state_prefixes`, as CPU tensors."""
+        if not self.state_prefixes:
+            raise NotImplementedError(f"{type(self).__name__} must set state_prefixes or override checkpoint_state")
+        state = {k: v.detach().to("cpu").clone().contiguous() for k, v in self.state_dict().items()
+                 if k.startswith(self.state_prefixes)}
+        missing = sorted(set(self.named_trainable_parameters()) - set(state))
+        if missing:  # a trainable parameter outside state_prefixes would be lost on save
+            raise RuntimeError(f"{type(self).__name__}.state_prefixes misses trainable parameters {missing[:5]}")
+        return state
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Copy saved tensors in; every expected key must be there with its shape, and nothing else."""
+        expected = {k: v for k, v in self.state_dict().items() if k.startswith(self.state_prefixes)}
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"{source} does not fit {self.name!r}: missing tensors {missing[:5]}, "
+                                  f"unexpected tensors {unexpected[:5]}")
+        for key, value in tensors.items():
+            if tuple(value.shape) != tuple(expected[key].shape):
+                raise CheckpointError(f"{source}: tensor {key} has shape {tuple(value.shape)}, this "
+                                      f"{self.name!r} needs {tuple(expected[key].shape)}")
+        self.load_state_dict(tensors, strict=False)
+
+    def identity(self) -> dict:
+        """What a checkpoint must match to be loaded into this detector (JSON-able)."""
+        return {"detector": self.name}
+
+    def check_identity(self, saved: dict, source: str = "checkpoint") -> None:
+        """Refuse a checkpoint made for another detector, architecture or backbone weights, naming both."""
+        mine = self.identity()
+        keys = sorted((set(mine) | set(saved)) - set(IDENTITY_INFO_KEYS))
+        differ = [k for k in keys if _canonical(mine.get(k)) != _canonical(saved.get(k))]
+        if differ:
+            raise CheckpointError(f"{source} was made for {describe_identity(saved)}, but this is "
+                                  f"{describe_identity(mine)} (they differ in {', '.join(differ)})")
+
+    def describe(self) -> dict:
+        """Extra facts for detector.json and the model card."""
+        return {"trainable_summary": self.trainable_summary()}
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class FeatureDetector(Detector):
+    """A frozen backbone's features + a head fitted over cached features (linear probe, kNN, ...).
+
+    Subclasses set `self.backbone` (a `detector.backbones.FeatureBackbone`) and implement
+    `fit_features` and `score_features`. `forward` (a loss on images) exists only for heads that
+    have one; the trainer uses `fit_features`.
+    """
+
+    fit_mode: ClassVar[str] = FIT_FEATURES
+
+    def __init__(self, config: Any, backbone: nn.Module):
+        super().__init__(config, backbone.preprocess)
+        self.backbone = backbone
+        backbone.requires_grad_(False)
+        self.eval()  # built for scoring; a trainer switches heads to train()
+
+    def train(self, mode: bool = True) -> "FeatureDetector":
+        super().train(mode)
+        self.backbone.eval()  # frozen: always in inference mode
+        return self
+
+    @torch.no_grad()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Backbone features [B, D], float32 on the detector's device."""
+        return self.backbone(pixels.to(self.backbone.device)).float()
+
+    def feature_identity(self) -> dict:
+        """What cached features depend on: the backbone (name, architecture, weights hash), the dtype it
+        runs in and the preprocessing."""
+        return {"backbone": self.backbone.identity(), "dtype": str(self.backbone.dtype),
+                "preprocess": self.preprocess.key()}
+
+    def feature_key(self) -> str:
+        """Short hash of `feature_identity()`: the cache folder name, and the key under which detectors
+        sharing one backbone can share one `features()` pass in a side-by-side eval."""
+        blob = json.dumps(self.feature_identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def identity(self) -> dict:
+        bb = self.backbone.identity()
+        return {"detector": self.name, "backbone": bb["backbone"], "architecture": bb["architecture"],
+                "weights_sha256": bb["weights_sha256"], "feature_dim": bb["feature_dim"]}
+
+    def fit_features(self, train: "FeatureSet", val: "FeatureSet | None" = None) -> list[dict]:
+        """Fit the head on cached features; returns metric rows (epoch, loss, val_acc, ...)."""
+        raise NotImplementedError
+
+    def score_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """P(fake) [B] (float32, CPU) from backbone features."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, pixels: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        self.check_method(method)
+        return self.score_features(self.features(pixels))

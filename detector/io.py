@@ -1,0 +1,184 @@
+"""Save and load any detector: its trained tensors as safetensors + a JSON that says how to rebuild it.
+
+A checkpoint folder holds:
+  weights.safetensors   `detector.checkpoint_state()` (the class's `weights_file` may name it otherwise)
+  detector.json         format "fakeforge.detector", format_version, detector name, detector state
+                        version, model config, identity of the frozen base (architecture, weights
+                        SHA-256), preprocessing, trainable-parameter count, training summary, versions
+  README.md             a short model card
+
+`load_detector` rebuilds the detector from the JSON (`DETECTORS[name].from_config`), refuses a
+checkpoint made for another detector (`expect`) or another backbone (identity), then loads the tensors
+strictly and restores the preprocessing. Nothing is unpickled: safetensors and JSON only.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from detector.base import CheckpointError, Detector, Preprocess
+from fakeforge.config import ConfigError, from_dict, to_dict
+
+FORMAT = "fakeforge.detector"
+FORMAT_VERSION = 1
+META_FILE = "detector.json"
+CARD_FILE = "README.md"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a detector's numbers."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("fakeforge", "torch", "transformers", "timm", "open_clip_torch", "scikit-learn", "safetensors"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def save_detector(detector: Detector, out_dir: str | Path, training: dict | None = None) -> Path:
+    """Write weights, detector.json and README.md into `out_dir` (each file atomically); returns the folder."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = detector.checkpoint_state()
+    tmp = out_dir / (detector.weights_file + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": FORMAT,
+                                                                                 "detector": detector.name})
+    tmp.replace(out_dir / detector.weights_file)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "detector": detector.name,
+        "state_version": detector.state_version, "fit_mode": detector.fit_mode,
+        "model": to_dict(detector.config), "identity": detector.identity(),
+        "preprocess": detector.preprocess.to_dict(), "trainable_parameters": detector.num_trainable(),
+        "state_tensors": {k: list(v.shape) for k, v in state.items()}, "describe": detector.describe(),
+        "training": training or {}, "versions": library_versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_text(out_dir / META_FILE, json.dumps(meta, indent=2, default=str))
+    _write_text(out_dir / CARD_FILE, model_card(meta))
+    return out_dir
+
+
+def read_detector_meta(path: str | Path) -> dict:
+    """detector.json of a checkpoint folder, checked for format and a registered detector name."""
+    from detector import DETECTORS
+    from fakeforge.registry import UnknownNameError
+
+    path = Path(path)
+    meta_file = path / META_FILE if path.is_dir() else path
+    if not meta_file.is_file():
+        raise CheckpointError(f"'{path}' is not a detector checkpoint folder (no {META_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"'{meta_file}' is not valid JSON: {exc}") from None
+    name = meta.get("detector") if isinstance(meta, dict) else None
+    try:
+        DETECTORS.check(str(name))
+    except UnknownNameError as exc:
+        raise CheckpointError(f"'{meta_file}': {exc}") from None
+    cls = DETECTORS.get(name)
+    formats = (FORMAT, *cls.accepted_formats)
+    if meta.get("format") not in formats:
+        raise CheckpointError(f"'{meta_file}' has format {meta.get('format')!r}; {name!r} reads {list(formats)}")
+    if meta.get("format") == FORMAT and int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"'{meta_file}' has format_version {meta.get('format_version')}; this fakeforge "
+                              f"reads up to {FORMAT_VERSION} (upgrade fakeforge)")
+    if int(meta.get("state_version", cls.state_version)) != cls.state_version:
+        raise CheckpointError(f"'{meta_file}' stores {name!r} state version {meta.get('state_version')}, this "
+                              f"fakeforge uses version {cls.state_version}")
+    return meta
+
+
+def _read_tensors(path: Path, weights_file: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    file = path / weights_file
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint '{path}' has no {weights_file}")
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"cannot read '{file}': {exc}") from None
+
+
+def load_detector_state(detector: Detector, path: str | Path) -> dict:
+    """Load a checkpoint's tensors and preprocessing into an existing detector (e.g. to resume a run).
+
+    Refuses a checkpoint of another detector or made on another backbone, naming both; returns the meta."""
+    path = Path(path)
+    meta = read_detector_meta(path)
+    if meta["detector"] != detector.name:
+        raise CheckpointError(f"checkpoint '{path}' is a {meta['detector']!r} detector, not {detector.name!r}")
+    if "identity" in meta:
+        detector.check_identity(meta["identity"], source=f"checkpoint '{path}'")
+    detector.load_checkpoint_state(_read_tensors(path, detector.weights_file), source=f"checkpoint '{path}'")
+    if meta.get("preprocess"):
+        detector.preprocess = Preprocess.from_dict(meta["preprocess"])
+    return meta
+
+
+def load_detector(path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
+                  expect: str | None = None, model_overrides: dict | None = None) -> Detector:
+    """Rebuild a detector from a checkpoint folder.
+
+    `expect`: the detector name the caller needs (a checkpoint of another detector is refused, naming both).
+    `tiny`: build on the tiny twins (a checkpoint trained on the real backbone is then refused as made for
+    another backbone). `model_overrides`: config fields to change before building (e.g. {"k": 1}); a
+    changed backbone is refused the same way."""
+    from detector import DETECTORS
+
+    path = Path(path)
+    meta = read_detector_meta(path)
+    name = meta["detector"]
+    if expect and name != expect:
+        raise CheckpointError(f"checkpoint '{path}' is a {name!r} detector, but {expect!r} was asked for")
+    cls = DETECTORS.get(name)
+    try:
+        config = from_dict(cls.config_class, {**meta["model"], **(model_overrides or {})}, "model")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint '{path}': {exc}") from None
+    if tiny and hasattr(config, "to_tiny"):
+        config = config.to_tiny()
+        tiny = False
+    detector = cls.from_config(config, device=device, tiny=tiny)
+    detector.eval()
+    load_detector_state(detector, path)
+    return detector
+
+
+def model_card(meta: dict) -> str:
+    """A short Markdown model card from detector.json."""
+    ident, pre, t = meta.get("identity", {}), meta.get("preprocess", {}), meta.get("training") or {}
+    lines = [f"# {meta['detector']} detector", "",
+             "| field | value |", "|---|---|",
+             f"| detector | `{meta['detector']}` ({meta.get('fit_mode')}) |",
+             f"| backbone | `{ident.get('backbone') or ident.get('base_model')}` |",
+             f"| backbone weights SHA-256 | `{ident.get('weights_sha256')}` |",
+             f"| trainable parameters | {meta.get('trainable_parameters', 0):,} |",
+             f"| input | {pre.get('image_size')} px, resize {pre.get('resize')} ({pre.get('interpolation')}, "
+             f"crop {pre.get('crop_pct')}) |",
+             f"| mean / std | {pre.get('mean')} / {pre.get('std')} ({pre.get('source', '')}) |"]
+    for key in ("val_acc", "val_loss", "epoch"):
+        if t.get(key) is not None:
+            lines.append(f"| {key} | {t[key]} |")
+    lines += ["", f"{(meta.get('describe') or {}).get('trainable_summary', '')}", "",
+              "The saved tensors only make sense on the exact backbone weights named above; loading them "
+              "on another backbone is refused. Evaluate on your own data.", "",
+              f"Library versions: {meta.get('versions')}", ""]
+    return "\n".join(lines)
+
