@@ -33,6 +33,10 @@ for _name, _help in [("sd2_inpaint", "StableDiffusionInpaintPipeline (9-channel 
                      ("lama", "TorchScript model with big-lama.pt's call contract")]:
     TWINS.register(_name, f"fakeforge.tiny.editing_twins:build_{_name}", _help)
 
+# issue 13: cascade and ported generators
+TWINS.register("deepfloyd_if", "fakeforge.tiny.cascade_twins:build_deepfloyd_if",
+               "IF stage I (IFPipeline, T5) + stage II (IFSuperResolutionPipeline) + SD x4 upscaler, one folder each")
+
 MARKER = "fakeforge_tiny.json"
 
 
