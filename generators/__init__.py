@@ -26,6 +26,7 @@ GENERATORS.register("controlnet", "generators.controlnet:ControlNetCanny", "Cont
 # issue 13: the paper's remaining test-set generators and download-only sets
 GENERATORS.register("cascade", "generators.cascade:Cascade",
                     "a chain of diffusers pipelines, each stage's image feeding the next (DeepFloyd IF)")
+GENERATORS.register("lte", "generators.lte:LteSuperRes", "LTE (local texture estimator) super-resolution")
 
 PRESET_DIR = CONFIG_ROOT / "generators"
 

@@ -36,6 +36,7 @@ for _name, _help in [("sd2_inpaint", "StableDiffusionInpaintPipeline (9-channel 
 # issue 13: cascade and ported generators
 TWINS.register("deepfloyd_if", "fakeforge.tiny.cascade_twins:build_deepfloyd_if",
                "IF stage I (IFPipeline, T5) + stage II (IFSuperResolutionPipeline) + SD x4 upscaler, one folder each")
+TWINS.register("lte", "fakeforge.tiny.port_twins:build_lte", "LTE (EDSR-baseline encoder) in the official .pth layout")
 
 MARKER = "fakeforge_tiny.json"
 
