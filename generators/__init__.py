@@ -27,6 +27,8 @@ GENERATORS.register("controlnet", "generators.controlnet:ControlNetCanny", "Cont
 GENERATORS.register("cascade", "generators.cascade:Cascade",
                     "a chain of diffusers pipelines, each stage's image feeding the next (DeepFloyd IF)")
 GENERATORS.register("lte", "generators.lte:LteSuperRes", "LTE (local texture estimator) super-resolution")
+GENERATORS.register("download", "generators.download:DownloadedImage",
+                    "a downloaded set plugged in as is (label from the source: DALLE, DiffusionDB, DFDC, ...)")
 
 PRESET_DIR = CONFIG_ROOT / "generators"
 
