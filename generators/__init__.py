@@ -29,6 +29,8 @@ GENERATORS.register("cascade", "generators.cascade:Cascade",
 GENERATORS.register("lte", "generators.lte:LteSuperRes", "LTE (local texture estimator) super-resolution")
 GENERATORS.register("download", "generators.download:DownloadedImage",
                     "a downloaded set plugged in as is (label from the source: DALLE, DiffusionDB, DFDC, ...)")
+GENERATORS.register("stylegan_xl", "generators.stylegan_xl:StyleGANXLGenerator",
+                    "StyleGAN-XL class-conditional ImageNet generator (official network pickles, read safely)")
 
 PRESET_DIR = CONFIG_ROOT / "generators"
 
