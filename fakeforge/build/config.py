@@ -119,6 +119,18 @@ def _normalise_sets(raw: dict) -> dict:
     return raw
 
 
+#: what a set whose source is of another kind keeps from the common source: the selection policy, not its files
+_SELECTION_KEYS = ("limit", "seed", "captions_per_image", "require_images")
+
+
+def _inherited_source(common: SourceConfig, override: dict) -> dict:
+    """The common source settings a set's source starts from (all of them for the same kind)."""
+    data = to_dict(common)
+    if override.get("kind", common.kind) != common.kind:
+        data = {k: v for k, v in data.items() if k in _SELECTION_KEYS}
+    return data
+
+
 def _generator_label(spec: Any) -> str:
     if isinstance(spec, str):
         return spec
@@ -146,7 +158,8 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
     cfg: BuildConfig = from_dict(BuildConfig, raw)
     resolved, skipped = [], []
     for i, s in enumerate(cfg.sets):
-        source = from_dict(SourceConfig, deep_merge(to_dict(cfg.source), s.source), f"sets.{i}.source")
+        source = from_dict(SourceConfig, deep_merge(_inherited_source(cfg.source, s.source), s.source),
+                           f"sets.{i}.source")
         gen_raw = resolve_generator_spec(s.generator)
         try:
             cls, gcfg = generator_config(gen_raw, tiny=tiny, tiny_root=tiny_root)
