@@ -56,7 +56,7 @@ class RDB(nn.Module):
 class RDNEncoder(nn.Module):
     """RDN trunk without the upsampling net: image (B,3,h,w) -> features (B,G0,h,w)."""
 
-    def __init__(self, G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B"):  # noqa: N803 - official names
+    def __init__(self, G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B"):  # official argument names
         super().__init__()
         n_blocks, n_convs, growth = RDN_CONFIGS[RDNconfig]
         pad = (RDNkSize - 1) // 2

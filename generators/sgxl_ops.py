@@ -73,7 +73,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     per sample, so a sample does not depend on its batch neighbours (identical for a batch of one,
     which is how the official `gen_images.py` samples)."""
     n = x.shape[0]
-    out_ch, in_ch, kh, kw = weight.shape
+    _, in_ch, kh, kw = weight.shape
     w = weight
     s = styles
     if demodulate:

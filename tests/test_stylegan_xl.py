@@ -126,7 +126,7 @@ def test_pickle_roundtrip_gives_the_same_network_outputs(tmp_path):
 
 def test_wrong_networks_name_expected_and_found_keys(tmp_path):
     model, spec = tiny_stylegan_xl()
-    layer = getattr(model.synthesis, "L1_36_16")
+    layer = model.synthesis.L1_36_16
     layer.register_buffer("noise_const", torch.zeros(2))       # a key the port does not know
     del layer._parameters["bias"]
     official_network_pickle(model, spec, TINY_SGXL_HPARAMS, tmp_path / "x.pkl")

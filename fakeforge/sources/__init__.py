@@ -7,7 +7,7 @@ from pathlib import Path
 from fakeforge.config import ConfigError
 from fakeforge.sources.base import DOWNLOAD_KINDS, Record, SourceConfig, select_records
 
-__all__ = ["Record", "SourceConfig", "load_records", "check_images_exist", "missing_data"]
+__all__ = ["Record", "SourceConfig", "check_images_exist", "load_records", "missing_data"]
 
 
 def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:

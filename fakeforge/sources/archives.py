@@ -25,8 +25,8 @@ from pathlib import Path
 
 from fakeforge.config import ConfigError
 from fakeforge.images import ImageLoadError
-from fakeforge.sources.base import Record, SourceConfig
 from fakeforge.sources import downloads
+from fakeforge.sources.base import Record, SourceConfig
 from fakeforge.sources.downloads import (
     SOURCE_ERROR,
     check_image_header,
@@ -116,7 +116,7 @@ def materialize_shards(records: list[Record], cfg: SourceConfig, workdir) -> lis
                 rec = records[i]
                 member = samples[rec.image_id]["member"]
                 out[i] = _materialize(rec, folder, f"{tar_path.name}:{member.name}", member.size,
-                                      lambda m=member: tf.extractfile(m).read(member.size))
+                                      lambda m=member, t=tf: t.extractfile(m).read(m.size))
     return out
 
 
@@ -206,7 +206,7 @@ def materialize_diffusiondb(records: list[Record], cfg: SourceConfig, workdir) -
                     out[i] = with_error(rec, f"image '{name}' is not in '{parts[part_id].name}'")
                     continue
                 out[i] = _materialize(rec, folder, f"{parts[part_id].name}:{name}", info.file_size,
-                                      lambda inf=info: zf.read(inf))
+                                      lambda inf=info, z=zf: z.read(inf))
     return out
 
 
@@ -238,4 +238,4 @@ def materialize(records: list[Record], cfg: SourceConfig, workdir) -> list[Recor
     return records
 
 
-__all__ = ["read_shards", "read_diffusiondb", "materialize", "SOURCE_ERROR"]
+__all__ = ["SOURCE_ERROR", "materialize", "read_diffusiondb", "read_shards"]

@@ -60,8 +60,7 @@ def check_image_header(source: str | Path | bytes, name: str | None = None) -> t
     if size > max_bytes:
         raise ImageLoadError(f"image '{name}' is {size} bytes, more than the {max_bytes} byte limit")
     try:
-        fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-        with fh, Image.open(fh) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source)) as img:
             fmt, (w, h) = img.format, img.size
     except Exception as exc:  # noqa: BLE001 - hostile input: any parser failure (incl. decompression bombs)
         raise ImageLoadError(f"cannot read image header of '{name}': {type(exc).__name__}: {exc}") from None
