@@ -151,7 +151,7 @@ class CascadeConfig(GeneratorConfig):
             missing = [m for m in ("bs4", "ftfy") if importlib.util.find_spec(m) is None]
             if missing:
                 raise ConfigError(f"generator.clean_caption = true needs {' and '.join(missing)} "
-                                  "(pip install beautifulsoup4 ftfy, or the 'deepfloyd' extra); without them "
+                                  "(pip install beautifulsoup4 ftfy, both fakeforge dependencies); without them "
                                   "diffusers silently skips the cleaning. Install them or set clean_caption: false")
 
     def _uses_clean_caption(self) -> bool:
