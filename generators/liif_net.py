@@ -142,13 +142,19 @@ class LIIF(nn.Module):
 
 
 @torch.no_grad()
-def upsample(model: LIIF, img: torch.Tensor, out_h: int, out_w: int, bsize: int = 30000) -> torch.Tensor:
-    """Render images (B,3,h,w in [0,1]) at out_h x out_w, querying `bsize` pixels at a time. Returns [0,1]."""
+def upsample(model: nn.Module, img: torch.Tensor, out_h: int, out_w: int, bsize: int = 30000,
+             cell_factor: float = 1.0) -> torch.Tensor:
+    """Render images (B,3,h,w in [0,1]) at out_h x out_w, querying `bsize` pixels at a time. Returns [0,1].
+
+    Works for any network with `gen_feat(img) -> state` and `query_rgb(state, coord, cell)` (LIIF, LTE);
+    `cell_factor` scales the cell size (LTE clips it to the training range above x4)."""
     b = img.shape[0]
     feat = model.gen_feat((img - 0.5) / 0.5)
     coord = make_coord((out_h, out_w), img.device, img.dtype).unsqueeze(0).expand(b, -1, -1)
     cell = torch.empty_like(coord)
     cell[..., 0], cell[..., 1] = 2 / out_h, 2 / out_w
+    if cell_factor != 1.0:
+        cell = cell * cell_factor
     chunks = [model.query_rgb(feat, coord[:, i:i + bsize], cell[:, i:i + bsize])
               for i in range(0, coord.shape[1], bsize)]
     pred = torch.cat(chunks, dim=1) * 0.5 + 0.5

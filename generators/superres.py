@@ -1,4 +1,5 @@
-"""Super-resolution fakes with the diffusers upscalers: SD x4 upscaler and SD latent x2 upscaler.
+"""Super-resolution fakes: the shared degrade-and-restore plumbing, the diffusers upscalers (SD x4 upscaler,
+SD latent x2 upscaler) and the base of the implicit-function networks (LIIF, LTE).
 
 A super-resolution fake is made by degrading the real image and restoring it: the source is
 downscaled by the model's factor (bicubic) and upscaled back with the caption as prompt.
@@ -15,13 +16,16 @@ the source size (resizing an SR output would blur away the artefacts the set is 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from fakeforge.config import ConfigError
-from generators.base import GenRequest, GenResult, SampleError, array_to_pil
+from generators.base import Generator, GenRequest, GenResult, SampleError, array_to_pil
+from generators.checkpoint_file import CheckpointFileConfig
 from generators.diffusers_common import DiffusersConfig, DiffusersGenerator
 from generators.source_image import (
     PREPARE_ERRORS,
@@ -176,3 +180,128 @@ def exact_sr_size(w: int, h: int, scale: float, lr_multiple: int = 1) -> tuple[i
     lw = int(w / scale) // lr_multiple * lr_multiple
     lh = int(h / scale) // lr_multiple * lr_multiple
     return round(lw * scale), round(lh * scale)
+
+
+# ------------------------------------------------------------------ implicit-function SR networks (LIIF, LTE)
+
+
+def read_official_checkpoint(path: Path, model_name: str, help: str, meta_key: str) -> tuple[dict, dict]:
+    """(state dict, official `args`) of a LIIF-family checkpoint: the official `torch.save`d
+    `{'model': {'name', 'args', 'sd'}, ...}`, a bare state dict, or `.safetensors` (the official `args`
+    as JSON in its metadata under `meta_key`). Loads with `weights_only=True`: a pickle that needs code,
+    a text file or another model's file raises ConfigError naming the file."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+            args = json.loads(meta[meta_key]) if meta_key in meta else {}
+        except Exception as exc:  # noqa: BLE001 - wrong kind of file
+            raise ConfigError(f"'{path}' is not a readable {model_name.upper()} safetensors file: {exc}") from None
+        return sd, args
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickles with code, text files, truncated files
+        raise ConfigError(f"'{path}' is not a {model_name.upper()} checkpoint: torch.load(weights_only=True) failed "
+                          f"({type(exc).__name__}: {str(exc)[:200]}). {help}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "sd" in obj["model"]:
+        spec = obj["model"]
+        if spec.get("name", model_name) != model_name:
+            raise ConfigError(f"'{path}' holds a '{spec.get('name')}' model, not '{model_name}'")
+        return dict(spec["sd"]), dict(spec.get("args") or {})
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj), {}
+    raise ConfigError(f"'{path}' is not a {model_name.upper()} checkpoint: expected {{'model': {{'name': "
+                      f"'{model_name}', 'args': ..., 'sd': state_dict}}}} or a state dict, got {type(obj).__name__}. "
+                      f"{help}")
+
+
+def key_mismatch_message(path, model_name: str, expected: list[str], found: list[str]) -> str:
+    """A one-line message naming the keys a network expects but a file lacks, and the unexpected ones."""
+    missing = [k for k in expected if k not in set(found)]
+    extra = [k for k in found if k not in set(expected)]
+
+    def show(keys):
+        return ", ".join(keys[:6]) + (f" ... ({len(keys)} in all)" if len(keys) > 6 else "") if keys else "none"
+
+    return (f"'{path}': the keys do not fit the {model_name} network: expected but missing: {show(missing)}; "
+            f"found but unexpected: {show(extra)}")
+
+
+@dataclass
+class ImplicitSRConfig(CheckpointFileConfig):
+    """Settings shared by the implicit-function SR networks (LIIF, LTE).
+
+    model_path: the .pth/.safetensors checkpoint (or a folder holding `checkpoint_name`); else model_id
+        (set by --tiny), else the environment variable `checkpoint_env`.
+    scale: super-resolution factor (any value > 1; x4 as in the AntifakePrompt "SR" sets).
+    eval_bsize: pixels queried per MLP call (bounds memory; the official demos use 30000).
+    min_size / max_size: skip sources whose shorter side is below min_size; downscale sources whose
+        longer side exceeds max_size before degrading.
+    """
+
+    scale: float = 4.0
+    eval_bsize: int = 30000
+    min_size: int = 16
+    max_size: int = 2048
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.scale > 1.0:
+            raise ConfigError(f"generator.scale = {self.scale} must be > 1")
+        if self.eval_bsize < 1:
+            raise ConfigError(f"generator.eval_bsize = {self.eval_bsize} must be >= 1")
+        check_size_limits(self.min_size, self.max_size)
+
+
+class ImplicitSuperRes(Generator):
+    """Degrade-and-restore SR with a network queried at continuous coordinates (`gen_feat` / `query_rgb`).
+
+    Subclasses load `self.model` in `load()` and may override `render` (e.g. LTE's cell clipping)."""
+
+    config_class = ImplicitSRConfig
+    needs_source_image = True
+
+    def render(self, lr, out_h: int, out_w: int):
+        """Low-res batch (B,3,h,w in [0,1]) -> (B,3,out_h,out_w) in [0,1]."""
+        from generators.liif_net import upsample
+
+        return upsample(self.model, lr, out_h, out_w, self.config.eval_bsize)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        import torch
+
+        cfg = self.config
+        results: list[GenResult | None] = [None] * len(requests)
+        plans = []
+        for i, req in enumerate(requests):
+            try:
+                src = source_rgb(req)
+                check_min_size(src, cfg.min_size)
+                plan = plan_sr(src, cfg.scale, 1, cfg.max_size)
+                plan.extra["source_image_id"] = req.source_image_id or str(req.meta.get("image_id", ""))
+                plans.append((i, plan))
+            except PREPARE_ERRORS as exc:
+                results[i] = GenResult(error=describe(exc))
+        for idx in group_by_size(plans, lambda item: (item[1].lr.size, item[1].out_size)):
+            group = [plans[j] for j in idx]
+            lr = torch.stack([torch.from_numpy(np.array(p.lr)).permute(2, 0, 1) for _, p in group])
+            lr = lr.to(self.device, torch.float32) / 255.0
+            ow, oh = group[0][1].out_size
+            out = self.render(lr, oh, ow).permute(0, 2, 3, 1).cpu().numpy()
+            for (i, plan), arr in zip(group, out):
+                try:
+                    results[i] = output_to_result(arr, plan)
+                except SampleError as exc:
+                    results[i] = GenResult(error=str(exc))
+        return results  # type: ignore[return-value]
+
+    def settings(self) -> dict:
+        data = super().settings()
+        data["model_file"] = str(getattr(self, "model_file", "")) or None
+        return data

@@ -7,6 +7,7 @@ checked without loading a model.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ from fakeforge.config import (
     to_dict,
 )
 from fakeforge.images import ImagePolicy
-from fakeforge.sources import SourceConfig
+from fakeforge.sources import SourceConfig, missing_data
+
+log = logging.getLogger("fakeforge.build")
 
 DEFAULT_BUILD = "default"
 _SET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -50,6 +53,7 @@ class SetConfig:
     name: str
     generator: Any = "real"
     source: dict = field(default_factory=dict)
+    optional: bool = False  # skip the set (one log line naming the missing path) when its source data is absent
 
     def validate(self) -> None:
         if not _SET_NAME.match(self.name):
@@ -99,6 +103,7 @@ class ResolvedBuild:
     hash: str
     raw: dict
     tiny_root: str | None = None
+    skipped: list[str] = field(default_factory=list)  # optional sets whose data is absent
 
     @property
     def output(self) -> Path:
@@ -112,6 +117,18 @@ def _normalise_sets(raw: dict) -> dict:
         if isinstance(s, dict) and isinstance(s.get("generator"), str):
             s["generator"] = {"preset": s["generator"]}
     return raw
+
+
+#: what a set whose source is of another kind keeps from the common source: the selection policy, not its files
+_SELECTION_KEYS = ("limit", "seed", "captions_per_image", "require_images")
+
+
+def _inherited_source(common: SourceConfig, override: dict) -> dict:
+    """The common source settings a set's source starts from (all of them for the same kind)."""
+    data = to_dict(common)
+    if override.get("kind", common.kind) != common.kind:
+        data = {k: v for k, v in data.items() if k in _SELECTION_KEYS}
+    return data
 
 
 def _generator_label(spec: Any) -> str:
@@ -139,9 +156,10 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
     if output is not None:
         raw["output"] = output
     cfg: BuildConfig = from_dict(BuildConfig, raw)
-    resolved = []
+    resolved, skipped = [], []
     for i, s in enumerate(cfg.sets):
-        source = from_dict(SourceConfig, deep_merge(to_dict(cfg.source), s.source), f"sets.{i}.source")
+        source = from_dict(SourceConfig, deep_merge(_inherited_source(cfg.source, s.source), s.source),
+                           f"sets.{i}.source")
         gen_raw = resolve_generator_spec(s.generator)
         try:
             cls, gcfg = generator_config(gen_raw, tiny=tiny, tiny_root=tiny_root)
@@ -151,10 +169,18 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
         if tiny and gen_raw.get("tiny_twin"):
             model_label = f"tiny-twin:{gen_raw['tiny_twin']} (of {gen_raw.get('model_id')})"
         resolved.append(ResolvedSet(s.name, source, _generator_label(s.generator), cls, gcfg, gen_raw, model_label))
+        missing = missing_data(source) if s.optional else None
+        if missing:
+            log.warning("set '%s' skipped (optional): %s not found", s.name, missing)
+            skipped.append(s.name)
+    # skipped sets stay in the hash, so the folder can be resumed once their data is there
     content = {"seed": cfg.seed, "image": to_dict(cfg.image), "max_count": cfg.shards.max_count, "tiny": tiny,
                "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r)}
                         for r in resolved]}
-    return ResolvedBuild(cfg, resolved, tiny, config_hash(content), raw, tiny_root)
+    built = [r for r in resolved if r.name not in skipped]
+    if not built:
+        raise ConfigError(f"every set of this build was skipped: the data of the optional sets {skipped} is absent")
+    return ResolvedBuild(cfg, built, tiny, config_hash(content), raw, tiny_root, skipped)
 
 
 def _source_identity(src: SourceConfig) -> dict:

@@ -116,7 +116,7 @@ def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = F
             settings = generator.settings()
             if "model_id" in settings:
                 settings["model_id"] = rset.model_label  # the hub id (or twin name), not a local path
-            common = {"label": generator.label, "set": rset.name, "generator": rset.generator_name,
+            common = {"label": set_label(rset), "set": rset.name, "generator": rset.generator_name,
                       "generator_type": rset.generator_cfg.type, "model_id": rset.model_label,
                       "source": rset.source.kind, "settings": settings, "config_hash": resolved.hash,
                       "versions": versions}
@@ -144,7 +144,7 @@ def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = F
     summary["seconds"] = round(time.time() - start, 2)
     state.wait_for_everyone()
     if state.is_main_process:
-        sets = [{"name": rset.name, "label": rset.generator_cls.label, "generator": rset.generator_name,
+        sets = [{"name": rset.name, "label": set_label(rset), "generator": rset.generator_name,
                  "model_id": rset.model_label, "shards": len(jobs)} for rset, jobs in plans]
         manifest = build_manifest(out, sets, resolved.hash, {"tiny": resolved.tiny, "versions": versions})
         summary["manifest"] = {k: {"count": v["count"], "failed": v["failed"]} for k, v in manifest["sets"].items()}
@@ -154,6 +154,14 @@ def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = F
                         manifest["failed"])
     _log_summary(summary)
     return summary
+
+
+def set_label(rset: ResolvedSet) -> str:
+    """A set's label: the generator's, except for pass-through generators of downloaded sets, whose
+    label is the source's (`download` generator + `source.label`)."""
+    if getattr(rset.generator_cls, "label_from_source", False) and rset.source.label:
+        return rset.source.label
+    return rset.generator_cls.label
 
 
 def _free_memory() -> None:

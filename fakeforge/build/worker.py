@@ -24,8 +24,8 @@ def _prepare(records: list[Record], set_name: str, base_seed: int, needs_image: 
         req = GenRequest(key=sample_key(set_name, rec), prompt=rec.caption, seed=sample_seed(set_name, rec, base_seed),
                          source_image_id=rec.image_id,
                          meta={"image_id": rec.image_id, "caption_id": rec.caption_id, **rec.extra})
-        error = None
-        if needs_image:
+        error = rec.extra.get("source_error") if needs_image else None  # a downloaded image that failed its checks
+        if needs_image and error is None:
             try:
                 req.image = load_rgb(rec.image_path) if rec.image_path else None
                 if req.image is None:

@@ -1,12 +1,13 @@
-"""Real caption/image sources: COCO, Flickr30k and the embedded demo set."""
+"""Caption/image sources: COCO, Flickr30k, the embedded demo set, and downloaded sets (folder, shards,
+DiffusionDB, video frames; fakeforge/sources/downloads.py and archives.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from fakeforge.config import ConfigError
-from fakeforge.sources.base import Record, SourceConfig, select_records
+from fakeforge.sources.base import DOWNLOAD_KINDS, Record, SourceConfig, select_records
 
-__all__ = ["Record", "SourceConfig", "load_records", "check_images_exist"]
+__all__ = ["Record", "SourceConfig", "check_images_exist", "load_records", "missing_data"]
 
 
 def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
@@ -25,17 +26,49 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
 
         captions, images = write_demo_coco(Path(workdir) / "_demo_source")
         by_image = read_coco_captions(captions, images)
+    elif cfg.kind in DOWNLOAD_KINDS:
+        return _load_download(cfg, workdir)
     else:  # guarded by the Literal type, kept for clarity
-        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, demo")
+        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, demo, {', '.join(DOWNLOAD_KINDS)}")
     records = select_records(by_image, cfg)
     if not records:
         raise ConfigError(f"source {cfg.kind} '{cfg.captions_file}' selected no records (limit={cfg.limit})")
     return records
 
 
+def _load_download(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
+    """Records of a downloaded set: read, select, archive members written out, every image header checked."""
+    from dataclasses import replace
+
+    from fakeforge.sources import archives, downloads
+
+    readers = {"folder": downloads.read_folder, "frames": downloads.read_frames, "shards": archives.read_shards,
+               "diffusiondb": archives.read_diffusiondb}
+    by_image = readers[cfg.kind](cfg)
+    if cfg.kind == "frames":  # frames_per_video decides how many frames of a video are kept
+        cfg = replace(cfg, captions_per_image="all")
+    records = select_records(by_image, cfg)
+    if not records:
+        raise ConfigError(f"source {cfg.kind} '{cfg.images_dir}' selected no records (limit={cfg.limit})")
+    records = [downloads.checked(r) for r in archives.materialize(records, cfg, workdir)]
+    if cfg.kind == "frames":
+        records = downloads.flag_unreadable_videos(records)
+    return records
+
+
+def missing_data(cfg: SourceConfig) -> str | None:
+    """The first data path a source names that does not exist (None when all are there or none is named)."""
+    for path in (cfg.captions_file, cfg.images_dir):
+        if path and not Path(path).exists():
+            return str(path)
+    return None
+
+
 def check_images_exist(records: list[Record], what: str) -> None:
-    """Abort (before any model loads) when selected records have no image file."""
-    missing = [r.image_path for r in records if not r.image_path or not Path(r.image_path).is_file()]
+    """Abort (before any model loads) when selected records have no image file. Records that already carry
+    a `source_error` (a downloaded image that failed its checks) are per-sample failures, not aborts."""
+    missing = [r.image_path for r in records if not r.extra.get("source_error")
+               and (not r.image_path or not Path(r.image_path).is_file())]
     if missing:
         shown = ", ".join(f"'{m}'" for m in missing[:3])
         raise ConfigError(f"{len(missing)} of {len(records)} images for {what} do not exist, e.g. {shown} "

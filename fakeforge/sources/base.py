@@ -23,12 +23,20 @@ class SourceConfig:
 
     kind: "coco" (captions_*.json + image folder), "flickr30k" (Karpathy dataset_flickr30k.json or
         results.csv + image folder), or "demo" (a small synthetic COCO-layout set made on the fly).
+        Downloaded sets (docs/download_sets.md): "folder" (images under images_dir, captions from
+        .txt sidecars or a captions_file CSV/JSON), "shards" (WebDataset .tar files under images_dir),
+        "diffusiondb" (metadata parquet as captions_file + part-NNNNNN.zip archives under images_dir),
+        "frames" (one folder of video frames per video under images_dir).
     split: COCO: informational (the captions file decides); Flickr30k Karpathy: train/val/test/all.
     limit: number of *images* to keep after shuffling with `seed` (None = all).
     captions_per_image: 1 (the first caption after a seeded shuffle) or "all".
+    label / set_name (downloaded sets): "real" or "fake", and the published set's name, both recorded
+        in every sample's metadata by the `download` generator.
+    frames_per_video ("frames"): evenly spaced frames taken from each video (None = every frame);
+        `limit` then counts videos.
     """
 
-    kind: Literal["coco", "flickr30k", "demo"] = "demo"
+    kind: Literal["coco", "flickr30k", "demo", "folder", "shards", "diffusiondb", "frames"] = "demo"
     captions_file: str | None = None
     images_dir: str | None = None
     split: str = "all"
@@ -36,12 +44,24 @@ class SourceConfig:
     seed: int = 0
     captions_per_image: Literal[1, "all"] = 1
     require_images: bool = True
+    # downloaded sets (fakeforge/sources/downloads.py)
+    label: Literal["real", "fake"] | None = None
+    set_name: str | None = None
+    frames_per_video: int | None = None
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"source.limit = {self.limit} must be a positive integer or null")
-        if self.kind != "demo" and not self.captions_file:
+        if self.kind in ("coco", "flickr30k", "diffusiondb") and not self.captions_file:
             raise ValueError(f"source.captions_file is required for source.kind = '{self.kind}'")
+        if self.kind in DOWNLOAD_KINDS:
+            from fakeforge.sources.downloads import validate_download_source
+
+            validate_download_source(self)
+
+
+#: source kinds that read a downloaded set (fakeforge/sources/downloads.py)
+DOWNLOAD_KINDS = ("folder", "shards", "diffusiondb", "frames")
 
 
 def select_records(by_image: dict[str, list[Record]], cfg: SourceConfig) -> list[Record]:

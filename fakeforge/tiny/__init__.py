@@ -39,6 +39,13 @@ for _name, _help in [("timm_vit", "timm VisionTransformer (ViT-B/16 class), loca
                      ("hf_clip_vit", "transformers CLIPVisionModelWithProjection + CLIPImageProcessor")]:
     TWINS.register(_name, f"fakeforge.tiny.backbone_twins:build_{_name}", _help)
 
+# issue 13: cascade and ported generators
+TWINS.register("deepfloyd_if", "fakeforge.tiny.cascade_twins:build_deepfloyd_if",
+               "IF stage I (IFPipeline, T5) + stage II (IFSuperResolutionPipeline) + SD x4 upscaler, one folder each")
+TWINS.register("lte", "fakeforge.tiny.port_twins:build_lte", "LTE (EDSR-baseline encoder) in the official .pth layout")
+TWINS.register("stylegan_xl", "fakeforge.tiny.port_twins:build_stylegan_xl",
+               "StyleGAN-XL (16 px, 1000 classes) as an official-layout network pickle")
+
 MARKER = "fakeforge_tiny.json"
 
 
