@@ -77,10 +77,15 @@ def run_stats(args: argparse.Namespace) -> int:
     if args.image_size < 1:
         print(f"fakeforge stats: error: --image-size = {args.image_size} must be positive", file=sys.stderr)
         return 2
-    stats = compute_mean_std(parse_set_specs(args.sets), args.image_size, args.max_images)
+    specs = parse_set_specs(args.sets)
+    if args.out:  # checked before the scan, not after it
+        if Path(args.out).is_dir():
+            print(f"fakeforge stats: error: --out = '{args.out}' is a folder; name the JSON file", file=sys.stderr)
+            return 2
+        check_writable_folder(Path(args.out).parent, "--out's folder")
+    stats = compute_mean_std(specs, args.image_size, args.max_images)
     text = json.dumps(stats, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
     print(text)

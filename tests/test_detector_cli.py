@@ -142,6 +142,9 @@ def test_stats_cli(tmp_path, capsys):
     stats = json.loads(out.read_text())
     assert stats["images"] == 8 and len(stats["mean"]) == 3 and all(0 < s < 1 for s in stats["std"])
     assert fakeforge_main(["stats", "--sets", f"x=real:{tmp_path / 'missing'}"]) == 2
+    capsys.readouterr()
+    assert fakeforge_main(["stats", "--sets", str(data), "--out", str(out / "stats.json")]) == 2  # under a file
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_unwritable_outputs_stop_before_any_image_is_scored(ckpt, folders, tmp_path, capsys):
