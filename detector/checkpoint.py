@@ -28,7 +28,9 @@ from fakeforge.config import ConfigError, from_dict, to_dict
 log = logging.getLogger(__name__)
 
 FORMAT = "fakeforge.antifakeprompt"
-FORMAT_VERSION = 1
+# 2: rows trained on the official prompt tokens (BOS </s>, text around [*] stripped); version-1 rows were
+# trained on fakeforge's earlier encoding and load with a warning.
+FORMAT_VERSION = 2
 ROWS_FILE = "pseudo_word.safetensors"
 META_FILE = "detector.json"
 CARD_FILE = "README.md"
@@ -166,6 +168,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
         raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
                               f"fakeforge convert-antifakeprompt {path} --out DIR")
     meta = read_meta(path)
+    if int(meta.get("format_version", 1)) < 2 and "LAVIS" not in str((meta.get("training") or {}).get("source")):
+        log.warning("checkpoint '%s' was trained with fakeforge's earlier prompt encoding (format version 1); its "
+                    "rows now meet the official prompt tokens and may score differently: retrain to be exact", path)
     model_cfg = dict(meta["model"])
     if scoring:
         model_cfg["scoring"] = scoring
