@@ -65,7 +65,8 @@ class AntifakePromptConfig:
     position: Literal["postfix", "prefix", "replace"] = "postfix"
     replace_word: str = "real"  # the word `position: replace` swaps for the pseudo-word
     init_word: str | None = None  # initialise both rows from this word's embeddings (None: row_init)
-    row_init: Literal["normal", "table"] = "normal"  # normal: N(0, row_init_std) (official); table: the table's mean/std
+    # normal: N(0, row_init_std), the official init; table: the embedding table's own mean/std
+    row_init: Literal["normal", "table"] = "normal"
     row_init_std: float = 0.02
     real_answer: str = "yes"
     fake_answer: str = "no"

@@ -120,7 +120,8 @@ def read_meta(path: str | Path) -> dict:
         if not isinstance(meta.get(key), kind):
             raise CheckpointError(f"'{meta_file}' lacks a valid '{key}' entry; the checkpoint is damaged")
     pre = meta["preprocess"]
-    if not (isinstance(pre.get("image_size"), int) and _three_numbers(pre.get("mean")) and _three_numbers(pre.get("std"))):
+    if not (isinstance(pre.get("image_size"), int) and _three_numbers(pre.get("mean"))
+            and _three_numbers(pre.get("std"))):
         raise CheckpointError(f"'{meta_file}': preprocess = {pre!r} needs an integer image_size and three-number "
                               "mean and std")
     return meta
@@ -206,7 +207,8 @@ def safe_torch_load(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" not in first.lower():
-            raise CheckpointError(f"cannot read '{path}': not a PyTorch checkpoint, or a damaged one ({first})") from None
+            raise CheckpointError(f"cannot read '{path}': not a PyTorch checkpoint, or a damaged one "
+                                  f"({first})") from None
         raise CheckpointError(
             f"refusing to load '{path}': it is not a plain tensor/dict checkpoint that loads with "
             f"torch.load(weights_only=True) ({first}). Only checkpoints made of tensors, numbers, strings, "
@@ -228,7 +230,8 @@ def _vis_processor_stats(config: Any) -> list[tuple[str, dict]]:
             continue
         for split in ("eval", "train"):
             p = proc.get(split)
-            if isinstance(p, dict) and _three_numbers(_as_list(p.get("mean"))) and _three_numbers(_as_list(p.get("std"))):
+            if isinstance(p, dict) and _three_numbers(_as_list(p.get("mean"))) \
+                    and _three_numbers(_as_list(p.get("std"))):
                 found.append((f"datasets.{name}.vis_processor.{split}", p))
                 break
     return found

@@ -124,14 +124,16 @@ def _official_layout(path: Path, prompt: str = "Is this photo real [*]?", qf_wid
     model["Qformer.bert.embeddings.position_ids"] = torch.arange(512).expand((1, -1))
     model["Qformer.bert.embeddings.train_word_embeddings.weight"] = qf_row.detach().clone()
     for i in range(2):
-        model[f"llm_model.model.layers.{i}.self_attn.rotary_emb.inv_freq"] = 1.0 / (10000 ** (torch.arange(0, 8, 2) / 8))
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2) / 8))
+        model[f"llm_model.model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq
     model["llm_model.model.train_embed_tokens.weight"] = lm_row.detach().clone()
     official_stats = {"mean": [0.4730, 0.4499, 0.4129], "std": [0.2780, 0.2713, 0.2872]}
     clip_stats = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
     config = {  # key order as LAVIS merges it: the model config (with its `preprocess`) before `datasets`
         "model": {"arch": "blip2_vicuna_instruct_textinv", "model_type": "vicuna7b", "load_finetuned": False,
                   "prompt": prompt, "pseudo_word": "[*]", "vit_precision": "fp16", "num_query_token": 32},
-        "preprocess": {"vis_processor": {"train": {"name": "blip2_image_train_textinv", "image_size": 224, **clip_stats},
+        "preprocess": {"vis_processor": {"train": {"name": "blip2_image_train_textinv", "image_size": 224,
+                                                   **clip_stats},
                                          "eval": {"name": "blip_image_eval_textinv", "image_size": 224, **clip_stats}}},
         "datasets": {"textinv": {
             "vis_processor": {"train": {"name": "blip2_image_train_textinv", "image_size": 32, **official_stats},

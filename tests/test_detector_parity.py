@@ -91,7 +91,8 @@ def official_candidate_losses(folder, qformer_row, lm_row, pixels, candidates, p
 
     # Q-Former: "[CLS] is this photo real [*] ? [SEP]" (BERT lower-cases; [*] is an added special token)
     words = prompt[0].lower().split()
-    qf_ids = torch.tensor([[qf_vocab["[CLS]"]] + [qf_vocab[w] for w in words] + [qf_pw, qf_vocab["?"], qf_vocab["[SEP]"]]] * b)
+    qf_row_ids = [qf_vocab["[CLS]"]] + [qf_vocab[w] for w in words] + [qf_pw, qf_vocab["?"], qf_vocab["[SEP]"]]
+    qf_ids = torch.tensor([qf_row_ids] * b)
     with torch.no_grad():
         ref.qformer.embeddings.word_embeddings = nn.Embedding.from_pretrained(torch.cat([qf_table, qformer_row]))
         image_embeds = ref.vision_model(pixel_values=pixels).last_hidden_state

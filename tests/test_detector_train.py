@@ -270,7 +270,8 @@ def test_two_launches_on_one_folder_one_trains(tiny_instructblip, tmp_path):
         if code == 2:
             assert "is in use by train (pid" in err and str(out) in err, err[-1500:]
     rows = _metrics(out)
-    assert [r["split"] for r in rows].count("val") == 1 and [r["step"] for r in rows if r["split"] == "train"][-1] == "12"
+    assert [r["split"] for r in rows].count("val") == 1
+    assert [r["step"] for r in rows if r["split"] == "train"][-1] == "12"
     assert (out / "best" / "pseudo_word.safetensors").is_file()
 
 

@@ -12,8 +12,9 @@ tokens are random rather than zero, so the twin's answers depend on the image an
 
 The LM tokenizer is set up like the hub's InstructBLIP-Vicuna tokenizer (BOS = EOS = `</s>`, `[PAD]` after
 the base vocabulary, then `<image>`), and its vocabulary splits the detector's prompt into the same
-pieces as LLaMA's (`▁Is ▁this ▁photo ▁real`, `▁?`, `▁yes`, `▁no`). `build_instructblip(out, llm_tokenizer=...)`
-builds the same twin around another LM tokenizer, e.g. the real LLaMA one (the parity tests do this).
+pieces as LLaMA's (`▁Is ▁this ▁photo ▁real`, `▁?`, `▁yes`, `▁no`).
+`build_instructblip(out, llm_tokenizer=...)` builds the same twin around another LM tokenizer, e.g. the
+real LLaMA one (the parity tests do this).
 """
 from __future__ import annotations
 
