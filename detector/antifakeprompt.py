@@ -1,4 +1,4 @@
-"""AntifakePrompt on transformers' InstructBlipForConditionalGeneration.
+"""AntifakePrompt on transformers' InstructBlipForConditionalGeneration, token-for-token like the official code.
 
 A frozen InstructBLIP answers "Is this photo real [*]?" with "yes" (real) or "no" (fake). The pseudo-word
 `[*]` is added to both tokenizers and gets one learnable embedding row in each table: the Q-Former's
@@ -7,15 +7,25 @@ parameters (4,864 on InstructBLIP-Vicuna-7B). They live as two small `nn.Paramet
 embedding lookups (`PseudoWordEmbedding`), so gradients and decoupled weight decay can only touch them
 and the base tables stay bit-identical.
 
-Scoring:
-  * "logits" (default): ONE forward pass over the prompt; P(fake) = softmax over the next-token logits
-    of the two answers' first tokens.
-  * "loss": the paper's rule; the LM loss of each candidate answer appended to the prompt, lower wins.
-    P(fake) = sigmoid(loss(real answer) - loss(fake answer)). For single-token answers both rules give
-    the same probability.
+Inputs are built as the official code (nctu-eva-lab/AntifakePrompt, LAVIS fork) builds them:
+  * LM prompt: BOS `</s>` (id 2 on LLaMA), then the text before and after the pseudo-word, each stripped and
+    encoded on its own (what LLaMA's slow tokenizer did around a special token in transformers 4.28-4.33):
+    `</s> ▁Is ▁this ▁photo ▁real [*] ▁?`. The 32 query embeddings come first.
+  * Q-Former prompt: `[CLS] is this photo real [*] ? [SEP]`.
+  * Answers: "yes"/"no" encoded bare (`▁yes`, `▁no`); training targets add EOS `</s>`.
+
+Rules:
+  * training loss: cross-entropy summed over all answer tokens of the batch / their count (LAVIS's loss).
+  * "loss" scoring, the paper's rule: per candidate, the SUM of its answer-token losses (the official
+    mean over all positions has one divisor for both candidates, so the decision is the sum's); one batched
+    pass over images x candidates with the image encoded once. P(fake) = sigmoid(loss(yes) - loss(no)).
+  * "logits" scoring: ONE forward pass over the prompt; P(fake) = softmax over the next-token logits of the
+    answers' tokens. Only defined for one-token answers (then it equals the loss rule); longer answers are
+    refused with a pointer to "loss".
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -24,11 +34,24 @@ from typing import Literal
 import torch
 from torch import nn
 
+from detector.afp_loading import (
+    PRECISIONS,
+    Precision,
+    disable_dropout,
+    load_base,
+    precision_of,
+    resolve_model_id,
+    resolve_precision,
+    swap_llm_weights,
+)
 from fakeforge.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "Salesforce/instructblip-vicuna-7b"
+OFFICIAL_LLM_ID = "lmsys/vicuna-7b-v1.3"
+__all__ = ["AntifakePrompt", "AntifakePromptConfig", "PseudoWordEmbedding", "DEFAULT_MODEL_ID", "OFFICIAL_LLM_ID",
+           "resolve_model_id", "pick_device"]
 
 
 @dataclass
@@ -36,34 +59,48 @@ class AntifakePromptConfig:
     """Everything needed to rebuild the detector around a base InstructBLIP checkpoint."""
 
     model_id: str = DEFAULT_MODEL_ID  # hub id, local folder, or "tiny:instructblip" for the tiny twin
-    llm_id: str | None = None  # optional causal-LM weights swapped into the language model (e.g. vicuna v1.3)
+    llm_id: str | None = None  # causal-LM weights swapped into the language model (official: vicuna v1.3)
     question: str = "Is this photo real?"
     pseudo_word: str = "[*]"
     position: Literal["postfix", "prefix", "replace"] = "postfix"
     replace_word: str = "real"  # the word `position: replace` swaps for the pseudo-word
-    init_word: str | None = None  # initialise both rows from this word's embeddings (None: random)
+    init_word: str | None = None  # initialise both rows from this word's embeddings (None: row_init)
+    # normal: N(0, row_init_std), the official init; table: the embedding table's own mean/std
+    row_init: Literal["normal", "table"] = "normal"
+    row_init_std: float = 0.02
     real_answer: str = "yes"
     fake_answer: str = "no"
     zero_shot: bool = False  # no pseudo-word at all: the untuned baseline
     scoring: Literal["logits", "loss"] = "logits"
     append_eos: bool = True  # training target is answer + EOS, as in the official code
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    lm_bos_token: str = "</s>"  # first token of the LM prompt; the official tokenizer's BOS is </s> (id 2)
+    dtype: Literal["official", "fp16-mixed", "auto", "float32", "bfloat16", "float16"] = "official"
+    train_dropout: bool = True  # the Q-Former's dropout (p = 0.1) is active in training, as in LAVIS
     attn_implementation: str = "sdpa"
     seed: int = 0  # random init of the rows
 
     def validate(self) -> None:
         """Check the prompt settings before any model is loaded."""
-        if not self.pseudo_word.strip():
-            raise ConfigError(f"model.pseudo_word = {self.pseudo_word!r} must not be empty")
+        if not self.pseudo_word.strip() or self.pseudo_word != self.pseudo_word.strip():
+            raise ConfigError(f"model.pseudo_word = {self.pseudo_word!r} must be non-empty without outer spaces")
         if self.real_answer.strip() == self.fake_answer.strip():
             raise ConfigError(f"model.real_answer and model.fake_answer are both {self.real_answer!r}; "
                               "they must differ")
         if not self.question.strip():
             raise ConfigError("model.question must not be empty")
+        if not self.zero_shot and self.pseudo_word in self.question:
+            raise ConfigError(f"model.question = {self.question!r} already contains the pseudo-word "
+                              f"{self.pseudo_word!r}; model.position places it")
         if self.position == "replace" and not self.zero_shot and \
                 not re.search(rf"\b{re.escape(self.replace_word)}\b", self.question):
             raise ConfigError(f"model.position = 'replace' but model.replace_word = {self.replace_word!r} "
                               f"does not occur in model.question = {self.question!r}")
+        if not self.row_init_std > 0:
+            raise ConfigError(f"model.row_init_std = {self.row_init_std} must be > 0")
+        if not self.lm_bos_token:
+            raise ConfigError("model.lm_bos_token must not be empty (the official prompt starts with </s>)")
+        if self.dtype not in PRECISIONS:
+            raise ConfigError(f"model.dtype = {self.dtype!r} is not one of {list(PRECISIONS)}")
 
     @property
     def prompt(self) -> str:
@@ -78,12 +115,20 @@ class AntifakePromptConfig:
         m = re.match(r"^(.*?)([?.!]*)$", q, flags=re.S)  # postfix: before the final punctuation
         return f"{m.group(1).rstrip()} {w}{m.group(2)}"
 
+    def prompt_chunks(self) -> list[str]:
+        """The prompt's text around the pseudo-word, each stripped (the official tokenizer's behaviour); the
+        pseudo-word sits between consecutive chunks. Zero-shot: the whole prompt."""
+        if self.zero_shot:
+            return [self.prompt]
+        return [c.strip() for c in self.prompt.split(self.pseudo_word)]
+
 
 class PseudoWordEmbedding(nn.Module):
     """An embedding lookup where one token id is served by its own trainable row.
 
     The wrapped table stays frozen and untouched; ids equal to `token_id` (which may lie beyond the
-    table) read `row` instead, so only `row` can receive gradients or weight decay.
+    table) read `row` instead, so only `row` can receive gradients or weight decay. `out_dtype` (None: the
+    table's) is the dtype of the returned embeddings.
     """
 
     def __init__(self, base: nn.Embedding, token_id: int, row: torch.Tensor):
@@ -91,6 +136,7 @@ class PseudoWordEmbedding(nn.Module):
         self.base = base
         self.token_id = int(token_id)
         self.row = nn.Parameter(row.detach().clone().float().reshape(1, -1))
+        self.out_dtype: torch.dtype | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -104,17 +150,9 @@ class PseudoWordEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         hit = input_ids == self.token_id
         out = self.base(input_ids.masked_fill(hit, 0))
+        if self.out_dtype is not None:
+            out = out.to(self.out_dtype)
         return torch.where(hit.unsqueeze(-1), self.row.to(out.dtype), out)
-
-
-def resolve_model_id(model_id: str, tiny: bool = False) -> str:
-    """Map "tiny:NAME" (or any id when `tiny`) to the local tiny-twin folder."""
-    if tiny or model_id.startswith("tiny:"):
-        from fakeforge.tiny import ensure_tiny
-
-        name = model_id.split(":", 1)[1] if model_id.startswith("tiny:") else "instructblip"
-        return str(ensure_tiny(name))
-    return model_id
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -124,136 +162,129 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    """The base model is frozen: switch dropout off so train and eval mode compute the same function."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-
-
-def _swap_llm_weights(model: nn.Module, llm_id: str) -> None:
-    """Load another causal LM's weights (same architecture) into `model.language_model`."""
-    from transformers import AutoModelForCausalLM
-
-    log.info("loading language-model weights from %s", llm_id)
-    llm = AutoModelForCausalLM.from_pretrained(llm_id, dtype=model.dtype)
-    src = llm.state_dict()
-    dst = model.language_model.state_dict()
-    missing = sorted(set(dst) - set(src))
-    if missing:
-        raise ConfigError(f"model.llm_id = {llm_id!r} does not fit the base language model; "
-                          f"missing weights: {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    with torch.no_grad():
-        for name, target in dst.items():
-            value = src[name].to(target.dtype)
-            if value.shape == target.shape:
-                target.copy_(value)
-            elif value.dim() == 2 and value.shape[1] == target.shape[1]:  # vocab differs (e.g. "<image>")
-                n = min(value.shape[0], target.shape[0])
-                target[:n].copy_(value[:n])
-                log.info("%s: copied %d of %d rows from %s", name, n, target.shape[0], llm_id)
-            else:
-                raise ConfigError(f"model.llm_id = {llm_id!r}: weight {name} has shape {tuple(value.shape)}, "
-                                  f"the base model needs {tuple(target.shape)}")
-    del llm, src
+def encode_prompt(tokenizer, chunks: list[str], pseudo_id: int | None, head: list[int],
+                  tail: list[int]) -> list[int]:
+    """head + chunk ids, with `pseudo_id` between consecutive chunks, + tail. Each chunk is encoded on its
+    own without special tokens, so SentencePiece gives it its leading "▁" (`?` -> `▁?`)."""
+    ids = list(head)
+    for i, chunk in enumerate(chunks):
+        if i:
+            ids.append(pseudo_id)
+        if chunk:
+            ids += tokenizer(chunk, add_special_tokens=False).input_ids
+    return ids + list(tail)
 
 
 class AntifakePrompt(nn.Module):
     """InstructBLIP + the `[*]` pseudo-word: training loss and P(fake) scores for batches of images."""
 
-    def __init__(self, model: nn.Module, processor, config: AntifakePromptConfig):
+    def __init__(self, model: nn.Module, processor, config: AntifakePromptConfig,
+                 precision: Precision | None = None):
         super().__init__()
         self.config = config
         self.model = model
+        self.precision = precision or precision_of(model)
         self.lm_tokenizer = processor.tokenizer
         self.qformer_tokenizer = processor.qformer_tokenizer
         self.image_processor = processor.image_processor
         model.requires_grad_(False)
-        _disable_dropout(model)
+        disable_dropout(model.vision_model)  # no dropout in the official ViT and LLM: train == eval there
+        disable_dropout(model.language_model)
+        if not config.train_dropout:
+            disable_dropout(model.qformer)
         self.lm_embed: PseudoWordEmbedding | None = None
         self.qformer_embed: PseudoWordEmbedding | None = None
-        if not config.zero_shot:
-            self._add_pseudo_word()
-        self.prompt = config.prompt
         if getattr(model.config, "image_token_index", None) is None:
             raise ConfigError(f"base model {config.model_id!r} has no image_token_index in its config (a "
                               "checkpoint saved before transformers 4.45?); re-save it with a current processor")
         self.num_query_tokens = int(model.config.num_query_tokens)
         self.image_token_id = int(model.config.image_token_index)
+        pseudo = [None, None] if config.zero_shot else self._add_pseudo_word()
+        if self.lm_embed is not None:  # fp16-mixed: the float32 row reaches the LLM unrounded, as in LAVIS
+            self.lm_embed.out_dtype = self.precision.embeds
+        self.prompt = config.prompt
+        if config.lm_bos_token not in self.lm_tokenizer.get_vocab():
+            raise ConfigError(f"model.lm_bos_token = {config.lm_bos_token!r} is not a token of the LM tokenizer")
+        bos = self.lm_tokenizer.convert_tokens_to_ids(config.lm_bos_token)
+        chunks = config.prompt_chunks()
+        self.lm_prompt_ids = encode_prompt(self.lm_tokenizer, chunks, pseudo[0], [bos], [])
+        qt = self.qformer_tokenizer
+        if qt.cls_token_id is None or qt.sep_token_id is None:
+            raise ConfigError("the Q-Former tokenizer has no [CLS]/[SEP] tokens (is it a BERT tokenizer?)")
+        self.qformer_prompt_ids = encode_prompt(qt, chunks, pseudo[1], [qt.cls_token_id], [qt.sep_token_id])
         self.answer_ids = [self._answer_ids(config.real_answer), self._answer_ids(config.fake_answer)]
-        if self.answer_ids[0][0] == self.answer_ids[1][0]:
-            raise ConfigError(f"answers {config.real_answer!r} and {config.fake_answer!r} start with the same "
-                              "token; one-pass scoring needs different first tokens")
+        if config.scoring == "logits":
+            self._check_one_pass()
         self.eval()
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
     def from_config(cls, config: AntifakePromptConfig, device: str | torch.device | None = None,
                     tiny: bool = False) -> "AntifakePrompt":
-        """Load the base InstructBLIP named by `config.model_id` and add the pseudo-word rows."""
-        from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
-
+        """Load the base InstructBLIP named by `config.model_id` (in `config.dtype`'s precision) and add the
+        pseudo-word rows."""
         device = pick_device(device)
         model_id = resolve_model_id(config.model_id, tiny)
-        dtype = _pick_dtype(config.dtype, device)
-        log.info("loading %s (%s, %s, attention=%s)", model_id, device, dtype, config.attn_implementation)
-        try:
-            processor = InstructBlipProcessor.from_pretrained(model_id)
-            model = InstructBlipForConditionalGeneration.from_pretrained(
-                model_id, dtype=dtype, attn_implementation=config.attn_implementation)
-        except OSError as exc:
-            raise ConfigError(f"cannot load base model model.model_id = {model_id!r}: {exc}") from None
+        precision = resolve_precision(config.dtype, device)
+        log.info("loading %s (%s; precision %s; attention=%s)", model_id, device, precision.describe(),
+                 config.attn_implementation)
+        model, processor = load_base(model_id, precision, config.attn_implementation)
         if config.llm_id and not (tiny or config.model_id.startswith("tiny:")):
-            try:
-                _swap_llm_weights(model, config.llm_id)
-            except OSError as exc:
-                raise ConfigError(f"cannot load model.llm_id = {config.llm_id!r}: {exc}") from None
-        detector = cls(model, processor, config)
+            swap_llm_weights(model, config.llm_id)
+        detector = cls(model, processor, config, precision)
         return detector.to(device)
 
-    def _add_pseudo_word(self) -> None:
+    def _add_pseudo_word(self) -> list[int]:
         from tokenizers import AddedToken
 
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
         ids = []
-        for tok in (self.lm_tokenizer, self.qformer_tokenizer):
+        for name, tok in (("LM", self.lm_tokenizer), ("Q-Former", self.qformer_tokenizer)):
+            if cfg.pseudo_word in tok.get_vocab():
+                raise ConfigError(f"model.pseudo_word = {cfg.pseudo_word!r} is already a token of the {name} "
+                                  "tokenizer; choose a new word")
             tok.add_tokens([AddedToken(cfg.pseudo_word, special=True, normalized=False)])
             ids.append(tok.convert_tokens_to_ids(cfg.pseudo_word))
         lm_base, qf_base = self.model.get_input_embeddings(), self.model.qformer.get_input_embeddings()
-        self.lm_embed = PseudoWordEmbedding(lm_base, ids[0], self._init_row(lm_base, self.lm_tokenizer, gen))
         self.qformer_embed = PseudoWordEmbedding(qf_base, ids[1], self._init_row(qf_base, self.qformer_tokenizer, gen))
+        self.lm_embed = PseudoWordEmbedding(lm_base, ids[0], self._init_row(lm_base, self.lm_tokenizer, gen))
         self.model.set_input_embeddings(self.lm_embed)
         self.model.qformer.set_input_embeddings(self.qformer_embed)
+        return ids
 
     def _init_row(self, table: nn.Embedding, tokenizer, gen: torch.Generator) -> torch.Tensor:
-        if table.weight.is_meta:  # shape-only model (e.g. counting parameters of the full-size config)
-            return 0.02 * torch.randn((1, table.weight.shape[1]), generator=gen)
-        weight = table.weight.detach().float().cpu()
-        if self.config.init_word:
-            word_ids = tokenizer(self.config.init_word, add_special_tokens=False).input_ids
-            word_ids = [i for i in word_ids if i < weight.shape[0]]
+        cfg = self.config
+        width = table.weight.shape[1]
+        if cfg.init_word and not table.weight.is_meta:
+            weight = table.weight.detach().float().cpu()
+            word_ids = [i for i in tokenizer(cfg.init_word, add_special_tokens=False).input_ids if i < weight.shape[0]]
             if not word_ids:
-                raise ConfigError(f"model.init_word = {self.config.init_word!r} has no token in the vocabulary")
+                raise ConfigError(f"model.init_word = {cfg.init_word!r} has no token in the vocabulary")
             return weight[word_ids].mean(0, keepdim=True)
+        if cfg.row_init == "normal" or table.weight.is_meta:  # official: nn.Embedding rows drawn from N(0, 0.02)
+            return cfg.row_init_std * torch.randn((1, width), generator=gen)
+        weight = table.weight.detach().float().cpu()
         mean, std = weight.mean(0, keepdim=True), weight.std()
         return mean + std * torch.randn(mean.shape, generator=gen)
 
     def _answer_ids(self, answer: str) -> list[int]:
-        ids = self.lm_tokenizer(answer, add_special_tokens=False).input_ids
+        ids = self.lm_tokenizer(answer.strip(), add_special_tokens=False).input_ids
         if not ids:
             raise ConfigError(f"answer {answer!r} tokenizes to nothing")
         return list(ids)
+
+    def _check_one_pass(self) -> None:
+        """One-pass scoring reads one next-token distribution: it needs one-token answers that differ."""
+        real, fake = self.answer_ids
+        if len(real) > 1 or len(fake) > 1:
+            raise ConfigError(
+                f"scoring 'logits' reads only the next-token distribution after the prompt, but the answers "
+                f"{self.config.real_answer!r} / {self.config.fake_answer!r} are {len(real)} / {len(fake)} tokens; "
+                "use scoring 'loss', which scores the full answers in one batched pass")
+        if real[0] == fake[0]:
+            raise ConfigError(f"answers {self.config.real_answer!r} and {self.config.fake_answer!r} are the same "
+                              "token")
 
     # -------------------------------------------------------------------------------------- parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -277,9 +308,12 @@ class AntifakePrompt(nn.Module):
                 "lm_row": self.lm_embed.row.detach().float().cpu().clone()}
 
     def load_rows(self, rows: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Copy saved rows in, refusing rows made for a base model of another width."""
+        """Copy saved rows in, refusing rows made for a base model of another width or holding NaN/inf."""
         if self.lm_embed is None or self.qformer_embed is None:
             raise ConfigError("cannot load pseudo-word rows into a zero-shot detector")
+        missing = sorted({"qformer_row", "lm_row"} - set(rows))
+        if missing:
+            raise ConfigError(f"{source} lacks the row(s) {missing}")
         widths = self.row_widths()
         got = {k: int(rows[f"{k}_row"].reshape(1, -1).shape[1]) for k in ("qformer", "lm")}
         if got != widths:
@@ -287,81 +321,123 @@ class AntifakePrompt(nn.Module):
                 f"{source} was made for another base model: its rows are {got['qformer']} (Q-Former) + "
                 f"{got['lm']} (LM) wide, but base model {self.config.model_id!r} has {widths['qformer']} "
                 f"(Q-Former) + {widths['lm']} (LM)")
+        bad = [k for k in ("qformer_row", "lm_row") if not torch.isfinite(rows[k].float()).all()]
+        if bad:
+            raise ConfigError(f"{source}: {', '.join(bad)} hold NaN/inf values; such rows call every image "
+                              "'real' (or 'fake'); retrain or use another checkpoint")
         with torch.no_grad():
             self.qformer_embed.row.copy_(rows["qformer_row"].reshape(1, -1))
             self.lm_embed.row.copy_(rows["lm_row"].reshape(1, -1))
+
+    def prompt_pieces(self) -> dict[str, list[str]]:
+        """The LM and Q-Former prompt as token pieces (what the model reads after the query embeddings)."""
+        return {"lm": self.lm_tokenizer.convert_ids_to_tokens(self.lm_prompt_ids),
+                "qformer": self.qformer_tokenizer.convert_ids_to_tokens(self.qformer_prompt_ids)}
 
     @property
     def device(self) -> torch.device:
         return self.model.query_tokens.device
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute activations in the backward pass (the base model has dropout off, so train() is safe)."""
+        """Recompute activations in the backward pass (dropout masks are replayed from the saved RNG state)."""
         kwargs = {"use_reentrant": False}
         if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        self._checkpointing = True
-
-    def train(self, mode: bool = True) -> "AntifakePrompt":
-        # Train mode matters only for gradient checkpointing; dropout is off in the frozen base model.
-        super().train(mode)
-        self.model.train(mode and getattr(self, "_checkpointing", False))
-        return self
 
     # ----------------------------------------------------------------------------------------- encoding
-    def _encode(self, batch_size: int, answers: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
-        """LM + Q-Former inputs for `batch_size` copies of the prompt, answer ids appended, left padded."""
-        prompt_ids = self.lm_tokenizer(self.prompt, add_special_tokens=True).input_ids
-        head = [self.image_token_id] * self.num_query_tokens + list(prompt_ids)
-        seqs = [head + (answers[i] if answers else []) for i in range(batch_size)]
+    def _lm_batch(self, answers: list[list[int]]) -> dict[str, torch.Tensor]:
+        """LM ids, mask, position ids and labels for `len(answers)` copies of the prompt + answer, left padded
+        (positions count from the first real token, as in the official right-padded batch)."""
+        head = [self.image_token_id] * self.num_query_tokens + self.lm_prompt_ids
+        seqs = [head + list(a) for a in answers]
         width = max(len(s) for s in seqs)
         pad = self.lm_tokenizer.pad_token_id if self.lm_tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((batch_size, width), pad, dtype=torch.long)
-        mask = torch.zeros((batch_size, width), dtype=torch.long)
-        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        n = len(seqs)
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
         for i, seq in enumerate(seqs):
             input_ids[i, width - len(seq):] = torch.tensor(seq)
             mask[i, width - len(seq):] = 1
-            if answers:
-                n = len(answers[i])
-                labels[i, width - n:] = torch.tensor(answers[i])
-        qf = self.qformer_tokenizer([self.prompt] * batch_size, return_tensors="pt", padding=True)
+            if answers[i]:
+                labels[i, width - len(answers[i]):] = torch.tensor(answers[i])
         dev = self.device
         return {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev), "labels": labels.to(dev),
-                "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(dev),
-                "qformer_input_ids": qf.input_ids.to(dev), "qformer_attention_mask": qf.attention_mask.to(dev)}
+                "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(dev)}
 
-    def _forward(self, pixel_values: torch.Tensor, enc: dict, keep: int) -> torch.Tensor:
-        vision_dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
-        pixel_values = pixel_values.to(self.device, vision_dtype)
-        out = self.model(pixel_values=pixel_values, qformer_input_ids=enc["qformer_input_ids"],
-                         qformer_attention_mask=enc["qformer_attention_mask"], input_ids=enc["input_ids"],
-                         attention_mask=enc["attention_mask"], position_ids=enc["position_ids"],
-                         logits_to_keep=keep, use_cache=False)
+    def _autocast(self, dtype: torch.dtype | None):
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected query outputs [B, num_query_tokens, LM width] for a batch of normalised images."""
+        m, p = self.model, self.precision
+        b = pixel_values.shape[0]
+        with self._autocast(p.autocast):
+            image_embeds = m.vision_model(pixel_values=pixel_values.to(self.device, p.vision)).last_hidden_state
+        # Official inference runs the Q-Former and the projection outside autocast (float32); the official
+        # training step runs everything under autocast (which the trainer's accelerator then provides).
+        qf_context = contextlib.nullcontext() if self.training else torch.autocast(self.device.type, enabled=False)
+        with qf_context:
+            image_embeds = image_embeds.to(p.qformer)
+            query = m.query_tokens.expand(b, -1, -1).to(p.qformer)
+            qf_ids = torch.tensor(self.qformer_prompt_ids, device=self.device).expand(b, -1)
+            qf_mask = torch.ones((b, self.num_query_tokens + qf_ids.shape[1]), dtype=torch.long, device=self.device)
+            img_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
+            out = m.qformer(input_ids=qf_ids, attention_mask=qf_mask, query_embeds=query,
+                            encoder_hidden_states=image_embeds, encoder_attention_mask=img_mask)
+            hidden = out[0][:, :self.num_query_tokens]
+            return m.language_projection(hidden.to(m.language_projection.weight.dtype))
+
+    def _lm_logits(self, features: torch.Tensor, batch: dict, keep: int) -> torch.Tensor:
+        """Float32 logits of the last `keep` positions; `features` fill the image-token slots row by row."""
+        embeds = self.model.get_input_embeddings()(batch["input_ids"])
+        if self.precision.embeds is not None:
+            embeds = embeds.to(self.precision.embeds)
+        slots = (batch["input_ids"] == self.image_token_id).unsqueeze(-1)
+        embeds = embeds.masked_scatter(slots, features.to(embeds.dtype))
+        with self._autocast(self.precision.autocast):
+            out = self.model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                            position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False)
         return out.logits.float()
 
+    def _answer_nll(self, features: torch.Tensor, answers: list[list[int]]):
+        """(token NLL [N, k], answer-token mask [N, k], logits [N, k+1, V]) of `answers[i]` after the prompt."""
+        batch = self._lm_batch(answers)
+        k = max(len(a) for a in answers)
+        logits = self._lm_logits(features, batch, keep=k + 1)  # the last k+1 positions
+        labels = batch["labels"][:, -k:]
+        nll = nn.functional.cross_entropy(logits[:, :k].transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        return nll, (labels != -100), logits
+
+    # ------------------------------------------------------------------------------------------ losses
     def answer_losses(self, pixel_values: torch.Tensor, answers: list[list[int]],
                       return_scores: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample mean cross-entropy of `answers[i]` after the prompt, shape [B].
+        """Per-sample SUM of the cross-entropy of `answers[i]`'s tokens after image i's prompt, shape [B].
 
-        With `return_scores`, also the one-pass P(fake) read from the same forward pass (the logits at
-        the position that predicts the first answer token)."""
-        enc = self._encode(pixel_values.shape[0], answers)
-        k = max(len(a) for a in answers)
-        logits = self._forward(pixel_values, enc, keep=k + 1)  # the last k+1 positions
-        labels = enc["labels"][:, -k:]
-        nll = nn.functional.cross_entropy(logits[:, :k].transpose(1, 2), labels, ignore_index=-100,
-                                          reduction="none")
-        valid = (labels != -100).float()
-        losses = (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
+        With `return_scores`, also the one-pass P(fake) read from the same forward pass (the logits at the
+        position that predicts the first answer token; meaningful for one-token answers)."""
+        nll, valid, logits = self._answer_nll(self.image_features(pixel_values), answers)
+        sums = (nll * valid).sum(1)
         if not return_scores:
-            return losses
+            return sums
+        k = nll.shape[1]
         first = torch.tensor([k - len(a) for a in answers], device=logits.device)
         nxt = logits[torch.arange(len(answers), device=logits.device), first]
         pair = nxt[:, [self.answer_ids[0][0], self.answer_ids[1][0]]]
-        return losses, pair.softmax(-1)[:, 1].detach().cpu()
+        return sums, pair.softmax(-1)[:, 1].detach().cpu()
+
+    def candidate_losses(self, pixel_values: torch.Tensor, candidates: list[list[int]] | None = None) -> torch.Tensor:
+        """[B, C] summed answer-token losses of every candidate (default: real, fake answers) for every image,
+        in ONE batched LM pass with each image encoded once (the official `predict_class`)."""
+        candidates = candidates or self.answer_ids
+        b, c = pixel_values.shape[0], len(candidates)
+        features = self.image_features(pixel_values).repeat_interleave(c, dim=0)
+        nll, valid, _ = self._answer_nll(features, [list(candidates[j]) for _ in range(b) for j in range(c)])
+        return (nll * valid).sum(1).view(b, c)
 
     def target_ids(self, labels: torch.Tensor) -> list[list[int]]:
         """Training targets: the real/fake answer ids (label 0 = real, 1 = fake), EOS appended if configured."""
@@ -369,25 +445,25 @@ class AntifakePrompt(nn.Module):
         return [self.answer_ids[int(y)] + eos for y in labels.tolist()]
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Training loss: mean over the batch of the answer tokens' cross-entropy."""
-        return self.answer_losses(pixel_values, self.target_ids(labels)).mean()
+        """Training loss as in LAVIS: cross-entropy summed over every answer token of the batch / their count."""
+        nll, valid, _ = self._answer_nll(self.image_features(pixel_values), self.target_ids(labels))
+        return (nll * valid).sum() / valid.sum().clamp(min=1)
 
     # ------------------------------------------------------------------------------------------ scoring
     @torch.no_grad()
     def score_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """P(fake) from one forward pass: softmax over the two answers' first-token next-token logits."""
-        enc = self._encode(pixel_values.shape[0])
-        last = self._forward(pixel_values, enc, keep=1)[:, -1]
+        """P(fake) from one forward pass: softmax over the two one-token answers' next-token logits."""
+        self._check_one_pass()
+        batch = self._lm_batch([[] for _ in range(pixel_values.shape[0])])
+        last = self._lm_logits(self.image_features(pixel_values), batch, keep=1)[:, -1]
         pair = last[:, [self.answer_ids[0][0], self.answer_ids[1][0]]]
         return pair.softmax(-1)[:, 1].cpu()
 
     @torch.no_grad()
     def score_loss(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """P(fake) by the paper's rule: sigmoid(loss(real answer) - loss(fake answer)); >0.5 iff fake wins."""
-        b = pixel_values.shape[0]
-        loss_real = self.answer_losses(pixel_values, [self.answer_ids[0]] * b)
-        loss_fake = self.answer_losses(pixel_values, [self.answer_ids[1]] * b)
-        return torch.sigmoid(loss_real - loss_fake).cpu()
+        """P(fake) by the paper's rule: sigmoid(loss(real answer) - loss(fake answer)); > 0.5 iff fake wins."""
+        losses = self.candidate_losses(pixel_values)
+        return torch.sigmoid(losses[:, 0] - losses[:, 1]).cpu()
 
     def score(self, pixel_values: torch.Tensor, method: str | None = None) -> torch.Tensor:
         """P(fake) per image with `method` ("logits" or "loss"; default from the config)."""

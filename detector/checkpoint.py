@@ -22,13 +22,15 @@ from typing import Any
 
 import torch
 
-from detector.antifakeprompt import DEFAULT_MODEL_ID, AntifakePrompt, AntifakePromptConfig
+from detector.antifakeprompt import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID, AntifakePrompt, AntifakePromptConfig
 from fakeforge.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fakeforge.antifakeprompt"
-FORMAT_VERSION = 1
+# 2: rows trained on the official prompt tokens (BOS </s>, text around [*] stripped); version-1 rows were
+# trained on fakeforge's earlier encoding and load with a warning.
+FORMAT_VERSION = 2
 ROWS_FILE = "pseudo_word.safetensors"
 META_FILE = "detector.json"
 CARD_FILE = "README.md"
@@ -81,7 +83,8 @@ def save_checkpoint(detector: AntifakePrompt, out_dir: str | Path, preprocess: d
     tmp.replace(out_dir / ROWS_FILE)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "detector": "antifakeprompt",
-        "model": to_dict(detector.config), "prompt": detector.prompt,
+        "model": to_dict(detector.config), "prompt": detector.prompt, "prompt_pieces": detector.prompt_pieces(),
+        "precision": detector.precision.as_dict(),
         "row_widths": detector.row_widths(), "trainable_parameters": detector.num_trainable(),
         "preprocess": preprocess, "training": training or {}, "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -98,16 +101,53 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def read_meta(path: str | Path) -> dict:
-    """detector.json of a checkpoint folder, checked for format."""
+    """detector.json of a checkpoint folder, checked for format and for the keys the loader needs."""
     path = Path(path)
     meta_file = path / META_FILE if path.is_dir() else path
     if not meta_file.is_file():
         raise CheckpointError(f"'{path}' is not an AntifakePrompt checkpoint folder (no {META_FILE}); "
                               f"convert an official .pth with `fakeforge convert-antifakeprompt`")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"'{meta_file}' has format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"'{meta_file}' is not valid JSON ({exc}); the checkpoint is damaged") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read '{meta_file}': {exc.strerror or exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"'{meta_file}' has format {found!r}, expected {FORMAT!r}")
+    for key, kind in (("model", dict), ("preprocess", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"'{meta_file}' lacks a valid '{key}' entry; the checkpoint is damaged")
+    pre = meta["preprocess"]
+    if not (isinstance(pre.get("image_size"), int) and _three_numbers(pre.get("mean"))
+            and _three_numbers(pre.get("std"))):
+        raise CheckpointError(f"'{meta_file}': preprocess = {pre!r} needs an integer image_size and three-number "
+                              "mean and std")
     return meta
+
+
+def _three_numbers(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value)
+
+
+def read_rows(path: str | Path) -> dict[str, torch.Tensor]:
+    """The two rows of a checkpoint's safetensors file; a damaged or foreign file gives one clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path.parent}' has no {path.name}")
+    try:
+        rows = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({exc}); the checkpoint is "
+                              "damaged") from None
+    missing = {"qformer_row", "lm_row"} - set(rows)
+    if missing:
+        raise CheckpointError(f"'{path}' lacks tensors {sorted(missing)}")
+    return rows
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
@@ -115,10 +155,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
     """Rebuild the detector from a checkpoint folder (or "zero-shot"); returns (detector, preprocess).
 
     `tiny` swaps the base model for the tiny twin; a width mismatch raises CheckpointError naming both.
-    `model_id` picks the base model of the zero-shot baseline.
+    `model_id` picks the base model of the zero-shot baseline. Damaged files and rows holding NaN/inf are
+    refused with one line naming the file, before the base model loads where that can be checked first.
     """
-    from safetensors.torch import load_file
-
     if str(path).lower() in ZERO_SHOT:
         cfg = AntifakePromptConfig(zero_shot=True, model_id=model_id or DEFAULT_MODEL_ID)
         if scoring:
@@ -130,17 +169,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
         raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
                               f"fakeforge convert-antifakeprompt {path} --out DIR")
     meta = read_meta(path)
+    if int(meta.get("format_version", 1)) < 2 and "LAVIS" not in str((meta.get("training") or {}).get("source")):
+        log.warning("checkpoint '%s' was trained with fakeforge's earlier prompt encoding (format version 1); its "
+                    "rows now meet the official prompt tokens and may score differently: retrain to be exact", path)
     model_cfg = dict(meta["model"])
     if scoring:
         model_cfg["scoring"] = scoring
-    cfg = from_dict(AntifakePromptConfig, model_cfg, "model")
-    rows_file = path / ROWS_FILE
-    if not rows_file.is_file():
-        raise CheckpointError(f"checkpoint '{path}' has no {ROWS_FILE}")
-    rows = load_file(str(rows_file))
-    missing = {"qformer_row", "lm_row"} - set(rows)
-    if missing:
-        raise CheckpointError(f"'{rows_file}' lacks tensors {sorted(missing)}")
+    try:
+        cfg = from_dict(AntifakePromptConfig, model_cfg, "model")
+    except ConfigError as exc:
+        raise CheckpointError(f"'{path / META_FILE}': {exc}") from None
+    rows = read_rows(path / ROWS_FILE)
+    bad = [k for k in ("qformer_row", "lm_row") if not torch.isfinite(rows[k].float()).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}': {', '.join(bad)} hold NaN/inf values; such rows call every "
+                              "image 'real' (or 'fake'); retrain or use another checkpoint")
     detector = AntifakePrompt.from_config(cfg, device=device, tiny=tiny)
     try:
         detector.load_rows(rows, source=f"checkpoint '{path}'")
@@ -150,80 +193,128 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
 
 
 def safe_torch_load(path: str | Path) -> Any:
-    """torch.load with weights_only=True; a pickle that needs arbitrary Python objects is refused."""
+    """torch.load with weights_only=True; a pickle that needs arbitrary Python objects is refused, and an
+    empty, truncated or non-PyTorch file gives one line naming it."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: '{path}'")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError, TypeError) as exc:
+    except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" not in first.lower():
+            raise CheckpointError(f"cannot read '{path}': not a PyTorch checkpoint, or a damaged one "
+                                  f"({first})") from None
         raise CheckpointError(
             f"refusing to load '{path}': it is not a plain tensor/dict checkpoint that loads with "
             f"torch.load(weights_only=True) ({first}). Only checkpoints made of tensors, numbers, strings, "
             f"lists and dicts are accepted; nothing from the file is executed.") from None
+    except Exception as exc:  # noqa: BLE001 - a hostile or damaged file can make the unpickler raise anything
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"cannot read '{path}': not a PyTorch checkpoint, or a truncated/damaged one "
+                              f"({type(exc).__name__}: {first})") from None
 
 
-def _find_key(tree: Any, keys: tuple[str, ...]) -> Any:
-    """First value under any of `keys` in a nested dict/list (depth-first)."""
-    if isinstance(tree, dict):
-        for k in keys:
-            if k in tree:
-                return tree[k]
-        for v in tree.values():
-            found = _find_key(v, keys)
-            if found is not None:
-                return found
-    elif isinstance(tree, list):
-        for v in tree:
-            found = _find_key(v, keys)
-            if found is not None:
-                return found
-    return None
+def _vis_processor_stats(config: Any) -> list[tuple[str, dict]]:
+    """(dotted key, processor cfg) of every `datasets.*.vis_processor.{eval,train}` holding mean and std; the
+    statistics the official run trained (and validated) with. The model section's `preprocess` is ignored."""
+    found = []
+    datasets = config.get("datasets") if isinstance(config, dict) else None
+    for name, ds in (datasets or {}).items():
+        proc = ds.get("vis_processor") if isinstance(ds, dict) else None
+        if not isinstance(proc, dict):
+            continue
+        for split in ("eval", "train"):
+            p = proc.get(split)
+            if isinstance(p, dict) and _three_numbers(_as_list(p.get("mean"))) \
+                    and _three_numbers(_as_list(p.get("std"))):
+                found.append((f"datasets.{name}.vis_processor.{split}", p))
+                break
+    return found
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _lavis_preprocess(config: Any, image_size: int | None, mean: list[float] | None,
                       std: list[float] | None) -> dict:
-    """Preprocessing of a LAVIS run: explicit values, else the run config's vis_processor, else the paper's."""
-    proc = _find_key(config, ("vis_processor",)) if isinstance(config, dict) else None
-    evalp = proc.get("eval", proc) if isinstance(proc, dict) else {}
-    found_mean, found_std = _find_key(evalp, ("mean",)), _find_key(evalp, ("std",))
-    found_size = _find_key(evalp, ("image_size",))
-    source = "LAVIS run config" if found_mean and found_std else "paper defaults (COCO+SD2+SD2IP)"
-    return {"image_size": int(image_size or found_size or 224),
-            "mean": [float(v) for v in (mean or found_mean or PAPER_MEAN)],
-            "std": [float(v) for v in (std or found_std or PAPER_STD)],
-            "source": "given" if mean and std else source}
+    """Preprocessing of a LAVIS run: explicit values, else the run config's datasets.*.vis_processor, else
+    the paper's COCO+SD2+SD2IP statistics; "source" says which."""
+    found = _vis_processor_stats(config)
+    distinct = {(tuple(p["mean"]), tuple(p["std"])) for _key, p in found}
+    if len(distinct) > 1 and not (mean and std):
+        raise CheckpointError("the LAVIS run config holds different mean/std per dataset: "
+                              + "; ".join(f"{k}: mean {list(p['mean'])} std {list(p['std'])}" for k, p in found)
+                              + ". Pass --mean and --std")
+    key, proc = found[0] if found else (None, {})
+    if mean and std:
+        source = "given on the command line"
+    elif key:
+        source = f"LAVIS run config {key}"
+    else:
+        source = "paper defaults (COCO+SD2+SD2IP); the run config has no datasets.*.vis_processor mean/std"
+    return {"image_size": int(image_size or proc.get("image_size") or 224),
+            "mean": [float(v) for v in (mean or proc.get("mean") or PAPER_MEAN)],
+            "std": [float(v) for v in (std or proc.get("std") or PAPER_STD)],
+            "source": source}
+
+
+def _position_from_prompt(prompt: Any, model: AntifakePromptConfig) -> str | None:
+    """The `position` whose prompt equals the run config's prompt (None if none does)."""
+    if not isinstance(prompt, str):
+        return None
+    for position in ("postfix", "prefix", "replace"):
+        candidate = AntifakePromptConfig(**{**to_dict(model), "position": position})
+        if candidate.prompt == prompt.strip():
+            return position
+    return None
 
 
 def convert_lavis(src: str | Path, out_dir: str | Path, model: AntifakePromptConfig | None = None,
                   image_size: int | None = None, mean: list[float] | None = None,
-                  std: list[float] | None = None) -> Path:
+                  std: list[float] | None = None, position: str | None = None) -> Path:
     """Convert an official AntifakePrompt LAVIS checkpoint (.pth) into a checkpoint folder.
 
     Reads only `model[Qformer...train_word_embeddings.weight]` [1, 768] and
-    `model[llm_model...train_embed_tokens.weight]` [1, 4096] (plus the run config for mean/std),
-    with torch.load(weights_only=True). The base model is not loaded.
+    `model[llm_model...train_embed_tokens.weight]` [1, 4096], plus the run config (mean/std from its
+    `datasets.*.vis_processor`, the prompt position from its `model.prompt`), with
+    torch.load(weights_only=True). The base model is not loaded. The detector defaults to the official
+    setup: InstructBLIP-Vicuna-7B with Vicuna v1.3 weights, official precision, tokens and answers.
+    `position` None: taken from the run config's prompt (else postfix).
     """
     from safetensors.torch import save_file
 
     ckpt = safe_torch_load(src)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or LAVIS_QFORMER_KEY not in state or LAVIS_LM_KEY not in state:
-        have = sorted(state)[:8] if isinstance(state, dict) else type(ckpt).__name__
+        have = sorted(map(str, state))[:8] if isinstance(state, dict) else type(ckpt).__name__
         raise CheckpointError(f"'{src}' is not an AntifakePrompt LAVIS checkpoint: expected "
                               f"model['{LAVIS_QFORMER_KEY}'] and model['{LAVIS_LM_KEY}'], found {have}")
-    qf, lm = state[LAVIS_QFORMER_KEY].float().reshape(1, -1), state[LAVIS_LM_KEY].float().reshape(1, -1)
-    if state[LAVIS_QFORMER_KEY].shape[0] != 1 or state[LAVIS_LM_KEY].shape[0] != 1:
-        raise CheckpointError(f"'{src}': expected one row per table, got {tuple(state[LAVIS_QFORMER_KEY].shape)} "
-                              f"and {tuple(state[LAVIS_LM_KEY].shape)}")
-    model = model or AntifakePromptConfig(llm_id="lmsys/vicuna-7b-v1.3")
-    model.validate()
+    raw = {"Q-Former": state[LAVIS_QFORMER_KEY], "LM": state[LAVIS_LM_KEY]}
+    for name, t in raw.items():
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != 1 or not t.is_floating_point():
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise CheckpointError(f"'{src}': the {name} pseudo-word embedding must be one float row [1, width], "
+                                  f"got {shape}")
+        if not torch.isfinite(t.float()).all():
+            raise CheckpointError(f"'{src}': the {name} pseudo-word row holds NaN/inf values")
+    qf, lm = raw["Q-Former"].float().reshape(1, -1), raw["LM"].float().reshape(1, -1)
+    model = model or AntifakePromptConfig(llm_id=OFFICIAL_LLM_ID)
     config = ckpt.get("config") if isinstance(ckpt, dict) else None
-    found_prompt = _find_key(config, ("prompt",)) if isinstance(config, dict) else None
+    model_section = config.get("model") if isinstance(config, dict) else None
+    found_prompt = model_section.get("prompt") if isinstance(model_section, dict) else None
+    if position is None:
+        position = _position_from_prompt(found_prompt, model) or "postfix"
+    model = from_dict(AntifakePromptConfig, {**to_dict(model), "position": position}, "model")
     if isinstance(found_prompt, str) and found_prompt.strip() and found_prompt.strip() != model.prompt:
         log.warning("the LAVIS run config's prompt %r differs from the converted prompt %r; pass "
                     "--question/--position to match it", found_prompt, model.prompt)
+    preprocess = _lavis_preprocess(config, image_size, mean, std)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({"qformer_row": qf.contiguous(), "lm_row": lm.contiguous()}, str(out_dir / ROWS_FILE),
@@ -232,9 +323,10 @@ def convert_lavis(src: str | Path, out_dir: str | Path, model: AntifakePromptCon
         "format": FORMAT, "format_version": FORMAT_VERSION, "detector": "antifakeprompt",
         "model": to_dict(model), "prompt": model.prompt,
         "row_widths": {"qformer": qf.shape[1], "lm": lm.shape[1]}, "trainable_parameters": qf.numel() + lm.numel(),
-        "preprocess": _lavis_preprocess(config, image_size, mean, std),
+        "preprocess": preprocess,
         "training": {"source": f"converted from LAVIS checkpoint {Path(src).name}",
-                     "epoch": ckpt.get("epoch") if isinstance(ckpt, dict) else None},
+                     "epoch": ckpt.get("epoch") if isinstance(ckpt, dict) else None,
+                     "run_config_prompt": found_prompt if isinstance(found_prompt, str) else None},
         "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -262,6 +354,7 @@ def model_card(meta: dict) -> str:
         f"| image size | {p['image_size']} (bicubic resize of the shorter side + center crop) |",
         f"| mean / std | {p['mean']} / {p['std']} ({p.get('source', '')}) |",
         f"| scoring | {m.get('scoring', 'logits')} |",
+        f"| precision | {(meta.get('precision') or {}).get('text') or m.get('dtype', 'official')} |",
     ]
     if t.get("source"):
         lines.append(f"| origin | {t['source']} |")

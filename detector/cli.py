@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 # `--tiny` on a full-size config: the twin's model id, input size and dtype.
-TINY_OVERRIDES = ["model.model_id=tiny:instructblip", "model.dtype=float32", "data.image_size=32",
+TINY_OVERRIDES = ["model.model_id=tiny:instructblip", "model.llm_id=null", "model.dtype=float32", "data.image_size=32",
                   "train.gradient_checkpointing=false"]
 
 
@@ -25,6 +26,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true",
                    help=f"use the tiny random-weight InstructBLIP twin ({', '.join(TINY_OVERRIDES)})")
     p.add_argument("--resume", action="store_true", help="continue the run in train.output_dir from last/")
+    p.add_argument("--resume-force", action="store_true",
+                   help="with --resume: accept a config that changes the model, prompt, data or optimizer "
+                        "(the new values are applied and recorded in config.yaml)")
     p.add_argument("--out", default=None, help="shortcut for --set train.output_dir=DIR")
 
 
@@ -44,8 +48,12 @@ def run_train(args: argparse.Namespace) -> int:
     """Train a detector; prints the best checkpoint folder."""
     from detector.trainer import Trainer
 
+    from fakeforge.config import ConfigError
+
+    if args.resume_force and not args.resume:
+        raise ConfigError("--resume-force only makes sense with --resume")
     cfg = load_train_config(args.config, args.overrides, args.tiny, args.out)
-    trainer = Trainer(cfg, tiny=args.tiny, resume=args.resume)
+    trainer = Trainer(cfg, tiny=args.tiny, resume=args.resume, resume_force=args.resume_force)
     best = trainer.fit()
     if trainer.is_main_process:
         print(f"best checkpoint: {best}")
@@ -69,10 +77,15 @@ def run_stats(args: argparse.Namespace) -> int:
     if args.image_size < 1:
         print(f"fakeforge stats: error: --image-size = {args.image_size} must be positive", file=sys.stderr)
         return 2
-    stats = compute_mean_std(parse_set_specs(args.sets), args.image_size, args.max_images)
+    specs = parse_set_specs(args.sets)
+    if args.out:  # checked before the scan, not after it
+        if Path(args.out).is_dir():
+            print(f"fakeforge stats: error: --out = '{args.out}' is a folder; name the JSON file", file=sys.stderr)
+            return 2
+        check_writable_folder(Path(args.out).parent, "--out's folder")
+    stats = compute_mean_std(specs, args.image_size, args.max_images)
     text = json.dumps(stats, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
     print(text)
@@ -89,6 +102,28 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scoring", choices=["logits", "loss"], default=None,
                    help="logits: one forward pass (default); loss: the paper's two-candidate loss rule")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--image-loading", choices=["fakeforge", "official"], default="fakeforge",
+                   help="fakeforge: EXIF rotation, alpha on white, 16-bit scaled (default); official: "
+                        "test.py's Image.open().convert('RGB') and its .jpg/.jpeg/.png filter, for exact parity")
+
+
+def check_writable_folder(path: str | Path, what: str) -> Path:
+    """Create folder `path` if needed and prove a file can be written there; ConfigError naming it if not."""
+    from fakeforge.config import ConfigError
+
+    folder = Path(path)
+    if str(path).strip() == "":
+        raise ConfigError(f"{what} is empty; name an output folder")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} = '{folder}' is a file, not a folder")
+    probe = folder / f".fakeforge-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{what} = '{folder}' is not writable: {exc.strerror or exc}") from None
+    return folder
 
 
 def _load(args):
@@ -101,14 +136,41 @@ def _load(args):
     detector, pre = load_checkpoint(args.checkpoint, device=args.device, tiny=args.tiny, scoring=args.scoring,
                                     model_id=args.model_id)
     transform = build_transform(int(pre["image_size"]), pre["mean"], pre["std"], train=False)
-    return detector, transform
+    return detector, transform, pre
+
+
+def banner(args, detector, pre: dict) -> list[str]:
+    """The first lines of detect/eval: what runs (precision, prompt tokens, statistics, rules)."""
+    pieces = detector.prompt_pieces()
+    scoring = detector.config.scoring
+    rule = ("one forward pass; the same decisions as the paper's loss rule for one-token answers"
+            if scoring == "logits" else "the paper's rule: summed answer-token losses of both candidates")
+    return [f"checkpoint: {args.checkpoint}  base model: {detector.config.model_id}"
+            + (f" + LLM {detector.config.llm_id}" if detector.config.llm_id else ""),
+            f"precision: {detector.precision.describe()} on {detector.device}",
+            f"prompt: {detector.prompt!r}  LM tokens: {' '.join(pieces['lm'])}  "
+            f"Q-Former tokens: {' '.join(pieces['qformer'])}",
+            f"preprocess: {pre['image_size']} px, bicubic resize of the shorter side + centre crop; mean {pre['mean']} "
+            f"std {pre['std']} ({pre.get('source', 'checkpoint')})",
+            f"scoring: {scoring} ({rule}); image loading: {args.image_loading}"]
 
 
 class _Out:
-    """Print to stdout and append the same lines to --log."""
+    """Print to stdout and append the same lines to --log (opened, and so checked, before any work)."""
 
     def __init__(self, path: str | None):
-        self.fh = open(path, "a") if path else None
+        from fakeforge.config import ConfigError
+
+        self.fh = None
+        if path:
+            target = Path(path)
+            if target.is_dir():
+                raise ConfigError(f"--log = '{target}' is a folder, not a file")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.fh = open(target, "a")
+            except OSError as exc:
+                raise ConfigError(f"--log = '{target}' is not writable: {exc.strerror or exc}") from None
 
     def __call__(self, text: str = "") -> None:
         print(text)
@@ -144,9 +206,9 @@ def run_detect(args: argparse.Namespace) -> int:
     """Classify one image or real/fake folders; print verdicts, accuracy and the confusion matrix."""
     import numpy as np
 
-    from detector.data import SetSpec
+    from detector.data import SetSpec, load_image
     from detector.evaluate import accuracy, confusion_matrix, score_set
-    from fakeforge.images import ImageLoadError, load_rgb
+    from fakeforge.images import ImageLoadError
 
     if not (args.img_path or args.real_dir or args.fake_dir):
         print("fakeforge detect: error: give --img_path IMG, or --real_dir and/or --fake_dir", file=sys.stderr)
@@ -154,13 +216,14 @@ def run_detect(args: argparse.Namespace) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         print(f"fakeforge detect: error: --threshold = {args.threshold} must be within [0, 1]", file=sys.stderr)
         return 2
-    detector, transform = _load(args)
     out, code = _Out(args.log), 0
     try:
-        out(f"checkpoint: {args.checkpoint}  prompt: {detector.prompt!r}  scoring: {detector.config.scoring}")
+        detector, transform, pre = _load(args)
+        for line in banner(args, detector, pre):
+            out(line)
         if args.img_path:
             try:
-                img = load_rgb(args.img_path)
+                img = load_image(args.img_path, args.image_loading)
             except ImageLoadError as exc:
                 out(f"error: {exc}")
                 return 2
@@ -172,7 +235,7 @@ def run_detect(args: argparse.Namespace) -> int:
                 continue
             spec = SetSpec(Path(folder).name, "folder", [Path(folder)], label)
             try:
-                res = score_set(detector, spec, transform, args.batch_size)
+                res = score_set(detector, spec, transform, args.batch_size, loading=args.image_loading)
             except FileNotFoundError as exc:
                 out(f"error: {exc}")
                 code = 2
@@ -229,11 +292,15 @@ def run_eval(args: argparse.Namespace) -> int:
             print(f"fakeforge eval: error: {exc}", file=sys.stderr)
             return 2
     specs = parse_set_specs(args.sets)
-    detector, transform = _load(args)
+    out_dir = check_writable_folder(args.out, "--out")
+    detector, transform, pre = _load(args)
+    for line in banner(args, detector, pre):
+        print(line)
     results = []
     for spec in specs:
         try:
-            results.append(score_set(detector, spec, transform, args.batch_size, limit=args.limit))
+            results.append(score_set(detector, spec, transform, args.batch_size, limit=args.limit,
+                                     loading=args.image_loading))
         except FileNotFoundError as exc:
             print(f"fakeforge eval: error: {exc}", file=sys.stderr)
             return 2
@@ -245,8 +312,8 @@ def run_eval(args: argparse.Namespace) -> int:
             if item in by_name:
                 pool.append(by_name[item])
             else:
-                pool += [score_set(detector, s, transform, args.batch_size, limit=args.limit)
-                         for s in parse_set_specs([item])]
+                pool += [score_set(detector, s, transform, args.batch_size, limit=args.limit,
+                                   loading=args.image_loading) for s in parse_set_specs([item])]
         import numpy as np
 
         y = np.concatenate([r.label_array for r in pool])
@@ -261,9 +328,12 @@ def run_eval(args: argparse.Namespace) -> int:
     summary = summarize(results, threshold)
     name = args.name or ("zero-shot" if str(args.checkpoint).lower().startswith("zero") else
                          Path(args.checkpoint).name)
-    paths = write_reports(results, summary, args.out, method=name, plots=not args.no_plots,
+    paths = write_reports(results, summary, out_dir, method=name, plots=not args.no_plots,
                           extra={"checkpoint": str(args.checkpoint), "calibration": calib,
-                                 "scoring": detector.config.scoring, "prompt": detector.prompt})
+                                 "scoring": detector.config.scoring, "prompt": detector.prompt,
+                                 "prompt_pieces": detector.prompt_pieces(),
+                                 "precision": detector.precision.as_dict(), "preprocess": pre,
+                                 "image_loading": args.image_loading})
     skipped = sum(len(r.errors) for r in results)
     if skipped:
         print(f"{skipped} unreadable item(s) skipped; listed under 'errors' in {Path(args.out) / 'results.json'}")
@@ -275,16 +345,20 @@ def run_eval(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- convert
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `fakeforge convert-antifakeprompt`."""
-    from detector.antifakeprompt import DEFAULT_MODEL_ID
+    from detector.antifakeprompt import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID
 
     p.add_argument("src", help="official AntifakePrompt LAVIS checkpoint (.pth)")
     p.add_argument("--out", required=True, help="output checkpoint folder")
     p.add_argument("--base-model", default=DEFAULT_MODEL_ID, help=f"InstructBLIP model id ({DEFAULT_MODEL_ID})")
-    p.add_argument("--llm-id", default="lmsys/vicuna-7b-v1.3",
+    p.add_argument("--llm-id", default=OFFICIAL_LLM_ID,
                    help="LLM weights the official checkpoints were trained with ('none': keep the base model's)")
     p.add_argument("--question", default="Is this photo real?")
-    p.add_argument("--position", choices=["postfix", "prefix", "replace"], default="postfix")
+    p.add_argument("--position", choices=["postfix", "prefix", "replace"], default=None,
+                   help="where [*] goes (default: from the run config's model.prompt, else postfix)")
     p.add_argument("--pseudo-word", default="[*]")
+    p.add_argument("--dtype", default="official",
+                   help="precision policy stored with the checkpoint (default official: ViT and LLM fp16, "
+                        "Q-Former fp32 on CUDA)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--mean", type=float, nargs=3, default=None)
     p.add_argument("--std", type=float, nargs=3, default=None)
@@ -294,14 +368,20 @@ def run_convert(args: argparse.Namespace) -> int:
     """Convert a LAVIS .pth (loaded with weights_only=True) into a checkpoint folder."""
     from detector.antifakeprompt import AntifakePromptConfig
     from detector.checkpoint import convert_lavis, read_meta
+    from fakeforge.config import from_dict
 
     llm = None if str(args.llm_id).lower() in ("", "none", "null") else args.llm_id
-    model = AntifakePromptConfig(model_id=args.base_model, llm_id=llm, question=args.question,
-                                 position=args.position, pseudo_word=args.pseudo_word)
-    out = convert_lavis(args.src, args.out, model=model, image_size=args.image_size, mean=args.mean, std=args.std)
+    model = from_dict(AntifakePromptConfig, {"model_id": args.base_model, "llm_id": llm, "question": args.question,
+                                             "pseudo_word": args.pseudo_word, "dtype": args.dtype}, "model")
+    check_writable_folder(args.out, "--out")
+    out = convert_lavis(args.src, args.out, model=model, image_size=args.image_size, mean=args.mean, std=args.std,
+                        position=args.position)
     meta = read_meta(out)
-    w = meta["row_widths"]
+    w, pre, m = meta["row_widths"], meta["preprocess"], meta["model"]
     print(f"converted {args.src} -> {out}: {meta['trainable_parameters']:,} parameters = {w['qformer']} (Q-Former) "
-          f"+ {w['lm']} (LM); prompt {meta['prompt']!r}; mean {meta['preprocess']['mean']} "
-          f"std {meta['preprocess']['std']} ({meta['preprocess']['source']})")
+          f"+ {w['lm']} (LM)")
+    print(f"base model {m['model_id']} + LLM {m.get('llm_id') or '(base model)'}; precision {m['dtype']}; "
+          f"prompt {meta['prompt']!r} (position {m['position']}, LM BOS {m['lm_bos_token']}, answers "
+          f"{m['real_answer']!r}/{m['fake_answer']!r})")
+    print(f"preprocess: {pre['image_size']} px; mean {pre['mean']} std {pre['std']} ({pre['source']})")
     return 0

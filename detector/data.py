@@ -5,9 +5,18 @@ Set specs (used by `train`, `stats` and `eval`):
     folder (one set per subfolder) or NAME=PATH. Labels come from each sample's json "label".
   * an image folder: NAME=real:DIR or NAME=fake:DIR (or real:DIR / fake:DIR, named after the folder),
     walked recursively for .jpg/.jpeg/.png/.webp.
+
+Image loading (`loading`):
+  * "fakeforge" (default): `fakeforge.images.load_rgb`: EXIF orientation applied, transparency composited on
+    white, 16-bit images scaled to 8 bits, truncated files reported as errors.
+  * "official": what the official AntifakePrompt test.py does, for exact parity runs: `Image.open(p)
+    .convert("RGB")` (no EXIF rotation, alpha dropped, PIL's own 16-bit conversion), truncated files decoded
+    as far as they go (LAVIS sets `ImageFile.LOAD_TRUNCATED_IMAGES`), and folders scanned like its
+    `os.walk` filter: names ending exactly in .jpg, .jpeg or .png.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fakeforge.config import ConfigError
@@ -29,6 +39,8 @@ from fakeforge.shards.reader import find_sets, sample_image_bytes
 log = logging.getLogger(__name__)
 
 LABELS = {"real": 0, "fake": 1}
+IMAGE_LOADING = ("fakeforge", "official")
+OFFICIAL_EXTENSIONS = (".jpg", ".jpeg", ".png")  # test.py's EXT list, compared case-sensitively
 LABEL_NAMES = ("real", "fake")
 _WDS_KEY = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's __key__ / extension split
 
@@ -142,13 +154,42 @@ def iter_shard_samples(tars: list[Path], shuffle: bool = False, seed: int = 0,
     yield from ds
 
 
-def decode_sample(sample: dict) -> tuple[str, object, int]:
+def load_image(source: str | Path | bytes, loading: str = "fakeforge") -> Image.Image:
+    """An RGB PIL image from a path or bytes by the `loading` policy (see the module docstring); raises
+    ImageLoadError naming the source."""
+    if loading == "fakeforge":
+        return load_rgb(source)
+    if loading != "official":
+        raise ConfigError(f"image loading = {loading!r} must be one of {list(IMAGE_LOADING)}")
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if isinstance(source, (bytes, bytearray)) and not source:
+        raise ImageLoadError(f"image '{name}' is empty (0 bytes)")
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        return img.convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"cannot read image '{name}': {exc}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def official_find_images(folder: str | Path) -> list[Path]:
+    """Files under `folder` whose names end exactly in .jpg/.jpeg/.png (test.py's os.walk filter), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: '{folder}'")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in OFFICIAL_EXTENSIONS)
+
+
+def decode_sample(sample: dict, loading: str = "fakeforge") -> tuple[str, object, int]:
     """(key, PIL image, label) of a raw sample; raises ValueError/ImageLoadError/KeyError when unusable."""
     meta = sample.get("json")
     meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
     label = label_of(meta)
     _ext, data = sample_image_bytes(sample)
-    return str(sample.get("__key__")), load_rgb(data), label
+    return str(sample.get("__key__")), load_image(data, loading), label
 
 
 class ShardStream(IterableDataset):
@@ -221,24 +262,28 @@ class ShardStream(IterableDataset):
 
 
 # ------------------------------------------------------------------------------------------ any set
-def iter_set_images(spec: SetSpec, split_nodes: bool = True) -> Iterator[tuple[str, object, int | None, str | None]]:
+def iter_set_images(spec: SetSpec, split_nodes: bool = True,
+                    loading: str = "fakeforge") -> Iterator[tuple[str, object, int | None, str | None]]:
     """(key, PIL image or None, label or None, error or None) for every item of a set, in order.
     Bad files/samples come back with their error instead of raising, so a scan can go on.
     Shard sets are split across distributed processes unless `split_nodes` is False."""
     if spec.kind == "folder":
-        files = find_images(spec.paths[0])
+        if loading == "official":
+            files, kinds = official_find_images(spec.paths[0]), "/".join(OFFICIAL_EXTENSIONS)
+        else:
+            files, kinds = find_images(spec.paths[0]), ".jpg/.jpeg/.png/.webp"
         if not files:
-            raise FileNotFoundError(f"no .jpg/.jpeg/.png/.webp images under '{spec.paths[0]}' (set {spec.name!r})")
+            raise FileNotFoundError(f"no {kinds} images under '{spec.paths[0]}' (set {spec.name!r})")
         for path in files:
             try:
-                yield str(path), load_rgb(path), spec.label, None
+                yield str(path), load_image(path, loading), spec.label, None
             except ImageLoadError as exc:
                 yield str(path), None, spec.label, str(exc)
         return
     for sample in iter_shard_samples(spec.paths, shuffle=False, split_nodes=split_nodes):
         key = str(sample.get("__key__"))
         try:
-            key, img, label = decode_sample(sample)
+            key, img, label = decode_sample(sample, loading)
             yield key, img, label, None
         except (ValueError, KeyError, ImageLoadError) as exc:
             yield key, None, None, str(exc)

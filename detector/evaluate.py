@@ -41,8 +41,9 @@ class SetScores:
 
 
 def score_set(detector, spec: SetSpec, transform: Callable, batch_size: int = 8, method: str | None = None,
-              limit: int | None = None, progress: bool = True) -> SetScores:
-    """P(fake) for every readable item of `spec`, in batches; bad items are recorded, never raised."""
+              limit: int | None = None, progress: bool = True, loading: str = "fakeforge") -> SetScores:
+    """P(fake) for every readable item of `spec`, in batches; bad items are recorded, never raised.
+    `loading`: the image-loading policy (see detector.data)."""
     from tqdm import tqdm
 
     out = SetScores(spec.name)
@@ -59,7 +60,7 @@ def score_set(detector, spec: SetSpec, transform: Callable, batch_size: int = 8,
         pending.clear()
 
     with tqdm(desc=f"scoring {spec.name}", unit="img", disable=not progress or None) as bar:
-        for key, img, label, err in iter_set_images(spec):
+        for key, img, label, err in iter_set_images(spec, loading=loading):
             if err is None and label is None:
                 err = "no label"
             if err is not None:

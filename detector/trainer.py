@@ -3,140 +3,121 @@
 Works in one process or under `accelerate launch train.py` (accelerate's Accelerator; each process
 reads its own shards through webdataset's split_by_node). Only the two pseudo-word rows are handed to
 AdamW, so its decoupled weight decay touches nothing else.
+
+The defaults follow the official LAVIS recipe (`textinv_train.yaml`): AdamW (0.9, 0.999), weight decay
+0.05, lr 1e-5 on LAVIS's `linear_warmup_cosine_lr` (the very first step at 1e-8, then cosine stepped once
+per epoch), 10 epochs of batch 6, fp16 autocast with a gradient scaler on CUDA, the Q-Former's dropout
+active, best checkpoint = lowest validation loss.
+
+The run folder is locked (`fakeforge.locking.OutputLock`) for the whole run: a second launch on the same
+`--out` stops at once naming the holder. `--resume` restores rows, optimizer, gradient scaler and epoch,
+and reseeds every epoch from (seed, epoch), so an interrupted and resumed run ends with the same rows as
+an uninterrupted one. It refuses a config that changes the model, prompt, data or optimizer unless
+`--resume-force`; `config.yaml` always holds the config that really runs.
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
-from detector.checkpoint import save_checkpoint
+from detector.antifakeprompt import AntifakePrompt
+from detector.checkpoint import META_FILE, ROWS_FILE, read_meta, read_rows, save_checkpoint
 from detector.data import ShardStream, build_transform, compute_mean_std, count_shards, parse_set_specs
-from fakeforge.config import ConfigError, dump_yaml, to_dict
+from detector.train_config import TrainConfig, config_differences, lr_at
+from fakeforge.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
+from fakeforge.locking import FolderLockedError, OutputLock
 
 log = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
+CONFIG_FILE = "config.yaml"
 METRIC_FIELDS = ["time", "epoch", "step", "split", "loss", "lr", "images_per_s", "val_loss", "val_acc"]
+__all__ = ["Trainer", "TrainConfig", "lr_at", "STATE_FILE"]
 
 
-@dataclass
-class DataConfig:
-    """Training data: shard set specs (see detector.data), mixing weights and preprocessing."""
-
-    train: list[str] = field(default_factory=list)
-    val: list[str] = field(default_factory=list)  # empty: hold out `val_fraction` of the train samples
-    val_fraction: float = 0.05
-    mix: dict[str, float] = field(default_factory=dict)  # set name -> sampling weight; empty: by sample count
-    image_size: int = 224
-    mean: list[float] | None = None  # both None: use stats_file, else compute from the training shards
-    std: list[float] | None = None
-    stats_file: str | None = None  # JSON written by `fakeforge stats`
-    stats_max_images: int | None = 5000
-    num_workers: int = 2
-    shuffle_buffer: int = 1000
-
-
-@dataclass
-class OptimConfig:
-    """AdamW on the two rows with a warmup + cosine learning-rate schedule (per step)."""
-
-    lr: float = 1e-5
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    max_grad_norm: float | None = None
-
-
-@dataclass
-class LoopConfig:
-    """Epochs, batch sizes, logging and output."""
-
-    epochs: int = 10
-    batch_size: int = 6
-    eval_batch_size: int = 8
-    steps_per_epoch: int | None = None  # None: training samples / (batch_size * processes)
-    max_val_batches: int | None = None
-    log_every: int = 50
-    seed: int = 42
-    gradient_checkpointing: bool = True
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # the model itself runs in model.dtype
-    output_dir: str = "runs/antifakeprompt"
-    device: str = "auto"  # used without accelerate launch; "cpu" forces CPU
-
-
-@dataclass
-class TrainConfig:
-    """The whole training config (configs/detector/antifakeprompt.yaml)."""
-
-    detector: str = "antifakeprompt"
-    model: AntifakePromptConfig = field(default_factory=AntifakePromptConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: LoopConfig = field(default_factory=LoopConfig)
-
-    def validate(self) -> None:
-        if self.detector != "antifakeprompt":
-            raise ConfigError(f"detector = {self.detector!r}: only 'antifakeprompt' can be trained here")
-        if not self.data.train:
-            raise ConfigError("data.train is empty: list the training shard sets (paths accepted by "
-                              "`fakeforge eval --sets`, e.g. a dataset folder with real and fake sets)")
-        if self.model.zero_shot:
-            raise ConfigError("model.zero_shot = true has nothing to train")
-        for key, value in (("train.epochs", self.train.epochs), ("train.batch_size", self.train.batch_size),
-                           ("train.log_every", self.train.log_every), ("data.image_size", self.data.image_size)):
-            if value < 1:
-                raise ConfigError(f"{key} = {value} must be >= 1")
-        if not 0 <= self.data.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction = {self.data.val_fraction} must be within [0, 1)")
-        if (self.data.mean is None) != (self.data.std is None):
-            raise ConfigError("data.mean and data.std must be given together")
-        if self.optim.lr <= 0:
-            raise ConfigError(f"optim.lr = {self.optim.lr} must be positive")
-
-
-def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Multiplier of optim.lr at a step: linear warmup, then cosine down to min_lr (or constant)."""
-    floor = cfg.min_lr / cfg.lr
-
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+class TrainingDivergedError(ConfigError):
+    """The loss or the rows became NaN/inf (usually a learning rate far too high)."""
 
 
 class Trainer:
     """Prompt-tunes the two pseudo-word rows; keeps `best/` (lowest validation loss) and `last/`."""
 
-    def __init__(self, cfg: TrainConfig, tiny: bool = False, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, tiny: bool = False, resume: bool = False, resume_force: bool = False):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         self.cfg, self.tiny, self.resume = cfg, tiny, resume
-        cpu = cfg.train.device == "cpu"
-        self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cpu)
-        set_seed(cfg.train.seed)
+        cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
+        if cpu and cfg.train.mixed_precision != "no":
+            log.info("train.mixed_precision %s -> no: autocast with a gradient scaler needs CUDA (LAVIS also runs "
+                     "without AMP on CPU)", cfg.train.mixed_precision)
+            cfg.train.mixed_precision = "no"
+        self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.train.device == "cpu")
         self.out = Path(cfg.train.output_dir)
-        if not resume and (self.out / "last" / STATE_FILE).is_file():
-            raise ConfigError(f"train.output_dir = '{self.out}' already holds a run; pass --resume to continue "
-                              "it or choose another output directory")
-        if resume and not (self.out / "last" / STATE_FILE).is_file():
-            raise ConfigError(f"--resume: nothing to resume in '{self.out}' (no last/{STATE_FILE})")
+        self._lock = self._take_lock()
+        try:
+            self._check_run_folder(resume_force)
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------------------------------ setup
+    def _take_lock(self) -> OutputLock | None:
+        """Rank 0 locks the output folder; every rank stops with the holder's name if it is taken."""
+        from accelerate.utils import broadcast_object_list
+
+        lock, box = None, [None]
+        if self.acc.is_main_process:
+            try:
+                lock = OutputLock(self.out, "train").acquire()
+            except (FolderLockedError, OSError) as exc:
+                box = [str(exc) if isinstance(exc, FolderLockedError) else
+                       f"cannot use train.output_dir = '{self.out}': {exc.strerror or exc}"]
+        if self.acc.num_processes > 1:
+            broadcast_object_list(box)
+        if box[0]:
+            raise FolderLockedError(box[0])
+        return lock
+
+    def close(self) -> None:
+        """Release the output-folder lock (also done by the kernel when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_run_folder(self, resume_force: bool) -> None:
+        state = self.out / "last" / STATE_FILE
+        if not self.resume and state.is_file():
+            raise ConfigError(f"train.output_dir = '{self.out}' already holds a run; pass --resume to continue "
+                              "it or choose another output directory")
+        if not self.resume:
+            return
+        if not state.is_file():
+            raise ConfigError(f"--resume: nothing to resume in '{self.out}' (no last/{STATE_FILE})")
+        saved = self.out / CONFIG_FILE
+        try:
+            old = from_dict(TrainConfig, load_yaml(saved))
+        except ConfigError as exc:
+            raise ConfigError(f"--resume: cannot read the run's {CONFIG_FILE} to compare with ({exc})") from None
+        self._restore_preprocess_into_config()
+        diffs = config_differences(to_dict(old), to_dict(self.cfg))
+        if diffs and not resume_force:
+            raise ConfigError(f"--resume with a config that changes the run ({'; '.join(diffs)}); resuming would mix "
+                              "two experiments. Restore these values, start a new run, or pass --resume-force "
+                              "to apply them from here on")
+        for d in diffs:
+            log.warning("--resume-force: %s", d)
+
+    def _restore_preprocess_into_config(self) -> None:
+        """On resume, the run keeps the mean/std it started with (from last/detector.json)."""
+        pre = read_meta(self.out / "last" / META_FILE)["preprocess"]
+        d = self.cfg.data
+        if d.mean is None and d.std is None:
+            d.mean, d.std = list(pre["mean"]), list(pre["std"])
+
     def _data(self) -> None:
         d = self.cfg.data
         specs = parse_set_specs(d.train)
@@ -145,6 +126,11 @@ class Trainer:
             raise ConfigError(f"data.train: {folders} are image folders; training reads shard sets only")
         self.train_sets = {s.name: s.paths for s in specs}
         val_specs = parse_set_specs(d.val) if d.val else []
+        shared = sorted({str(p.resolve()) for s in specs for p in s.paths} &
+                        {str(p.resolve()) for s in val_specs for p in s.paths})
+        if shared:
+            raise ConfigError(f"data.val shares {len(shared)} shard(s) with data.train (e.g. '{shared[0]}'); "
+                              "validation samples must not be trained on")
         self.val_sets = {s.name: s.paths for s in val_specs} or dict(self.train_sets)
         frac = 0.0 if d.val else d.val_fraction
         self.val_fraction = frac
@@ -190,15 +176,22 @@ class Trainer:
         if self.num_workers < d.num_workers:
             log.info("data.num_workers %d -> %d (every worker needs a shard of every set)", d.num_workers,
                      self.num_workers)
+            d.num_workers = self.num_workers
 
     def _stats(self) -> dict:
         d = self.cfg.data
         if d.mean is not None:
             return {"image_size": d.image_size, "mean": d.mean, "std": d.std, "source": "config"}
         if d.stats_file:
-            stats = json.loads(Path(d.stats_file).read_text())
-            return {"image_size": d.image_size, "mean": stats["mean"], "std": stats["std"],
-                    "source": f"stats file {d.stats_file}"}
+            import json
+
+            try:
+                stats = json.loads(Path(d.stats_file).read_text())
+                mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"data.stats_file = '{d.stats_file}' is not a readable `fakeforge stats` JSON "
+                                  f"({type(exc).__name__}: {exc})") from None
+            return {"image_size": d.image_size, "mean": mean, "std": std, "source": f"stats file {d.stats_file}"}
         from accelerate.utils import broadcast_object_list
 
         box = [None]
@@ -228,32 +221,40 @@ class Trainer:
         return self.acc.is_main_process
 
     def fit(self) -> Path:
-        """Train; returns the best checkpoint folder."""
+        """Train; returns the best checkpoint folder. The output-folder lock is released at the end."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> Path:
         c, acc = self.cfg, self.acc
         self._data()
-        self.preprocess = self._stats()
-        device = acc.device
-        self.detector = AntifakePrompt.from_config(c.model, device=device, tiny=self.tiny)
+        self.preprocess = read_meta(self.out / "last" / META_FILE)["preprocess"] if self.resume else self._stats()
+        c.data.mean, c.data.std = list(self.preprocess["mean"]), list(self.preprocess["std"])
+        self.detector = AntifakePrompt.from_config(c.model, device=acc.device, tiny=self.tiny)
         widths = self.detector.row_widths()
         acc.print(f"trainable parameters: {self.detector.num_trainable():,} = {widths['qformer']} (Q-Former row) "
-                  f"+ {widths['lm']} (LM row)")
+                  f"+ {widths['lm']} (LM row); precision {self.detector.precision.describe()}; "
+                  f"mixed precision {c.train.mixed_precision}")
         if c.train.gradient_checkpointing:
             self.detector.enable_gradient_checkpointing()
-        opt = torch.optim.AdamW(self.detector.trainable_parameters(), lr=c.optim.lr, betas=tuple(c.optim.betas),
-                                weight_decay=c.optim.weight_decay)
-        total = c.train.epochs * self.steps_per_epoch
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(c.optim, total))
+        o = c.optim
+        opt = torch.optim.AdamW(self.detector.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                weight_decay=o.weight_decay)
         start_epoch, step, best = 0, 0, math.inf
-        if self.resume:
-            start_epoch, step, best = self._load_state(opt, sched)
         model, opt = acc.prepare(self.detector, opt)
+        if self.resume:
+            start_epoch, step, best = self._load_state(opt)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            dump_yaml(to_dict(c), self.out / "config.yaml")
+            resolved = to_dict(c)
+            resolved["train"]["steps_per_epoch"] = self.steps_per_epoch
+            dump_yaml(resolved, self.out / CONFIG_FILE)
         acc.print(f"{self.n_train} training samples, {self.steps_per_epoch} steps/epoch x {c.train.epochs} epochs; "
-                  f"mean {self.preprocess['mean']} std {self.preprocess['std']}")
+                  f"mean {self.preprocess['mean']} std {self.preprocess['std']} ({self.preprocess['source']})")
         for epoch in range(start_epoch, c.train.epochs):
-            step = self._train_epoch(model, opt, sched, epoch, step)
+            step = self._train_epoch(model, opt, epoch, step)
             val_loss, val_acc = self.validate()
             self._log_row({"epoch": epoch + 1, "step": step, "split": "val", "val_loss": val_loss,
                            "val_acc": val_acc})
@@ -261,66 +262,81 @@ class Trainer:
             improved = val_loss < best
             best = min(best, val_loss)
             if acc.is_main_process:
-                self._save(epoch + 1, step, val_loss, val_acc, best, opt, sched, improved)
+                self._save(epoch + 1, step, val_loss, val_acc, best, opt, improved)
             acc.wait_for_everyone()
         return self.out / "best"
 
-    def _train_epoch(self, model, opt, sched, epoch: int, step: int) -> int:
+    def _train_epoch(self, model, opt, epoch: int, step: int) -> int:
+        from accelerate.utils import set_seed
         from tqdm import tqdm
 
         c, acc = self.cfg, self.acc
+        # Each epoch's randomness (dropout, crops, flips) depends on (seed, epoch) only, so a resumed run
+        # replays exactly what an uninterrupted one would have done.
+        set_seed(c.train.seed + 1009 * epoch, device_specific=True)
         self.detector.train()
         it = iter(self._loader("train", epoch))
         run_loss, run_n, t0 = torch.zeros((), device=acc.device), 0, time.time()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", disable=not acc.is_local_main_process
                    or None)
-        for _ in bar:
+        for i in bar:
             try:
                 images, labels, _keys = next(it)
             except StopIteration:
                 raise ConfigError("the training stream ran dry: no readable training samples for this process "
                                   "(are there at least as many shards per set as processes?)") from None
+            lr = lr_at(c.optim, epoch, i, step, c.train.epochs, self.steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
             loss = model(images.to(acc.device), labels.to(acc.device))
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingDivergedError(f"the training loss became {loss.item()} at epoch {epoch + 1} step "
+                                            f"{step + 1} (lr {lr:.3g}); lower optim.lr")
             acc.backward(loss)
             if c.optim.max_grad_norm:
                 acc.clip_grad_norm_(self.detector.trainable_parameters(), c.optim.max_grad_norm)
             opt.step()
-            sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             run_loss = run_loss + loss.detach()
             run_n += 1
-            if step % c.train.log_every == 0 or run_n == self.steps_per_epoch:
+            if step % c.train.log_every == 0 or i + 1 == self.steps_per_epoch:
                 dt = max(time.time() - t0, 1e-9)
                 mean_loss = acc.reduce(run_loss / run_n, reduction="mean").item()  # over processes
-                row = {"epoch": epoch + 1, "step": step, "split": "train", "loss": mean_loss,
-                       "lr": sched.get_last_lr()[0],
+                row = {"epoch": epoch + 1, "step": step, "split": "train", "loss": mean_loss, "lr": lr,
                        "images_per_s": run_n * c.train.batch_size * acc.num_processes / dt}
                 self._log_row(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
                 if acc.is_main_process:
-                        log.info("epoch %d step %d loss %.4f lr %.3e %.1f img/s", epoch + 1, step, row["loss"],
+                    log.info("epoch %d step %d loss %.4f lr %.3e %.1f img/s", epoch + 1, step, row["loss"],
                              row["lr"], row["images_per_s"])
                 run_loss, run_n, t0 = torch.zeros((), device=acc.device), 0, time.time()
         self.detector.eval()
+        rows = self.detector.rows()
+        if not all(torch.isfinite(v).all() for v in rows.values()):
+            raise TrainingDivergedError(f"the pseudo-word rows hold NaN/inf after epoch {epoch + 1}; lower optim.lr")
         return step
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Mean answer loss and accuracy (one-pass P(fake) >= 0.5) over the validation samples."""
+        """Validation loss (the training loss: answer-token cross-entropy summed over all validation samples /
+        the number of answer tokens) and accuracy (P(fake) >= 0.5) over the validation samples."""
         acc, det = self.acc, self.detector
         det.eval()
-        totals = torch.zeros(3, device=acc.device)  # loss sum, correct, count
+        one_pass = all(len(a) == 1 for a in det.answer_ids)
+        totals = torch.zeros(4, device=acc.device)  # loss sum, answer tokens, correct, samples
         for i, (images, labels, _keys) in enumerate(self._loader("val", 0)):
             if self.cfg.train.max_val_batches and i >= self.cfg.train.max_val_batches:
                 break
-            losses, p_fake = det.answer_losses(images, det.target_ids(labels), return_scores=True)
-            totals += torch.stack([losses.sum(), ((p_fake.to(acc.device) >= 0.5).long() ==
-                                                  labels.to(acc.device)).sum().float(),
-                                   torch.tensor(float(len(labels)), device=acc.device)])
+            targets = det.target_ids(labels)
+            losses, p_fake = det.answer_losses(images, targets, return_scores=True)
+            if not one_pass:
+                p_fake = det.score_loss(images)
+            correct = ((p_fake.to(acc.device) >= 0.5).long() == labels.to(acc.device)).sum().float()
+            totals += torch.stack([losses.sum(), torch.tensor(float(sum(map(len, targets))), device=acc.device),
+                                   correct, torch.tensor(float(len(labels)), device=acc.device)])
         totals = acc.reduce(totals, reduction="sum")
-        n = max(totals[2].item(), 1.0)
-        return totals[0].item() / n, totals[1].item() / n
+        return totals[0].item() / max(totals[1].item(), 1.0), totals[2].item() / max(totals[3].item(), 1.0)
 
     # ------------------------------------------------------------------------------------- state/logs
     def _log_row(self, row: dict) -> None:
@@ -336,26 +352,28 @@ class Trainer:
             w.writerow({"time": round(time.time(), 3), **{k: (f"{v:.6g}" if isinstance(v, float) else v)
                                                          for k, v in row.items()}})
 
-    def _save(self, epoch: int, step: int, val_loss: float, val_acc: float, best: float, opt, sched,
+    def _save(self, epoch: int, step: int, val_loss: float, val_acc: float, best: float, opt,
               improved: bool) -> None:
         training = {"data": self.summary, "epoch": epoch, "step": step, "val_loss": val_loss, "val_acc": val_acc,
                     "best_val_loss": best, "config": to_dict(self.cfg)}
         last = save_checkpoint(self.detector, self.out / "last", self.preprocess, training)
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-                 "best_val_loss": best}
+        state = {"optimizer": opt.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
+                 "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None}
         torch.save(state, last / (STATE_FILE + ".tmp"))
         (last / (STATE_FILE + ".tmp")).replace(last / STATE_FILE)
         if improved:
             save_checkpoint(self.detector, self.out / "best", self.preprocess, training)
             log.info("epoch %d: new best validation loss %.4f -> %s", epoch, val_loss, self.out / "best")
 
-    def _load_state(self, opt, sched) -> tuple[int, int, float]:
-        from safetensors.torch import load_file
-
+    def _load_state(self, opt) -> tuple[int, int, float]:
         last = self.out / "last"
-        self.detector.load_rows(load_file(str(last / "pseudo_word.safetensors")), source=f"'{last}'")
+        self.detector.load_rows(read_rows(last / ROWS_FILE), source=f"'{last}'")
         state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        o = self.cfg.optim
+        for group in opt.param_groups:  # the config's hyper-parameters run, not the saved ones (--resume-force)
+            group.update(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        if self.acc.scaler is not None and state.get("scaler"):
+            self.acc.scaler.load_state_dict(state["scaler"])
         log.info("resuming from %s after epoch %d (step %d)", last, state["epoch"], state["step"])
         return int(state["epoch"]), int(state["step"]), float(state["best_val_loss"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,71 @@ def test_stats_cli(tmp_path, capsys):
     stats = json.loads(out.read_text())
     assert stats["images"] == 8 and len(stats["mean"]) == 3 and all(0 < s < 1 for s in stats["std"])
     assert fakeforge_main(["stats", "--sets", f"x=real:{tmp_path / 'missing'}"]) == 2
+    capsys.readouterr()
+    assert fakeforge_main(["stats", "--sets", str(data), "--out", str(out / "stats.json")]) == 2  # under a file
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_unwritable_outputs_stop_before_any_image_is_scored(ckpt, folders, tmp_path, capsys):
+    """`eval --out` and `detect --log` are checked first: a file, or a path under a file, is one line (exit 2)
+    and no model is loaded, no image scored."""
+    data = write_dataset(tmp_path / "data", n_real=2, n_fake=2)
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    capsys.readouterr()
+    for bad, words in ((a_file, "is a file"), (a_file / "sub", "not writable")):
+        assert fakeforge_main(["eval", "--checkpoint", str(ckpt), "--sets", str(data), "--out", str(bad)]) == 2
+        out, err = capsys.readouterr()
+        assert words in err and "--out" in err and out == "" and len(err.strip().splitlines()) == 1
+    root = folders["root"]
+    for bad, words in ((tmp_path, "is a folder"), (a_file / "detect.log", "not writable")):
+        assert fakeforge_main(["detect", "--checkpoint", str(ckpt), "--real_dir", str(root / "real"),
+                               "--log", str(bad)]) == 2
+        out, err = capsys.readouterr()
+        assert words in err and "--log" in err and "P(fake)" not in out and len(err.strip().splitlines()) == 1
+    assert a_file.read_text() == "not a folder"
+
+
+def test_detect_prints_what_runs_first(ckpt, folders, capsys):
+    img = folders["good"][0]
+    assert fakeforge_main(["detect", "--checkpoint", str(ckpt), "--img_path", str(img)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"checkpoint: {ckpt}")
+    assert lines[1].startswith("precision: official") and "on cpu" in lines[1]
+    assert "LM tokens: </s> ▁Is ▁this ▁photo ▁real [*] ▁?" in lines[2]
+    assert lines[3].startswith("preprocess: 32 px") and "mean [0.5, 0.5, 0.5]" in lines[3]
+    assert lines[4].startswith("scoring: logits") and "image loading: fakeforge" in lines[4]
+
+
+def test_official_image_loading(tmp_path):
+    """`--image-loading official` is test.py's Image.open().convert("RGB") and its extension filter: no EXIF
+    rotation, alpha dropped instead of composited on white, truncated files decoded, .JPG/.webp not listed."""
+    from PIL import Image
+
+    from detector.data import SetSpec, iter_set_images, load_image
+    from fakeforge.images import ImageLoadError
+
+    rgba = Image.new("RGBA", (8, 6), (10, 20, 30, 0))  # fully transparent dark pixels
+    (tmp_path / "alpha.png").write_bytes(encode(rgba, "PNG"))
+    assert load_image(tmp_path / "alpha.png", "official").getpixel((0, 0)) == (10, 20, 30)
+    assert load_image(tmp_path / "alpha.png").getpixel((0, 0)) == (255, 255, 255)
+    rotated = Image.new("RGB", (8, 6), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    buf = io.BytesIO()
+    rotated.save(buf, format="JPEG", exif=exif)
+    (tmp_path / "rot.jpg").write_bytes(buf.getvalue())
+    assert load_image(tmp_path / "rot.jpg", "official").size == (8, 6)
+    assert load_image(tmp_path / "rot.jpg").size == (6, 8)
+    whole = encode(make_image("real", np.random.default_rng(0)), "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    assert load_image(tmp_path / "cut.jpg", "official").size == (44, 36)
+    with pytest.raises(ImageLoadError):
+        load_image(tmp_path / "cut.jpg")
+    (tmp_path / "upper.JPG").write_bytes(whole)
+    (tmp_path / "web.webp").write_bytes(encode(make_image("real", np.random.default_rng(1)), "WEBP"))
+    spec = SetSpec("x", "folder", [tmp_path], 0)
+    official = sorted(Path(k).name for k, *_ in iter_set_images(spec, loading="official"))
+    ours = sorted(Path(k).name for k, *_ in iter_set_images(spec))
+    assert official == ["alpha.png", "cut.jpg", "rot.jpg"]
+    assert ours == ["alpha.png", "cut.jpg", "rot.jpg", "upper.JPG", "web.webp"]

@@ -49,6 +49,20 @@ TWINS.register("stylegan_xl", "fakeforge.tiny.port_twins:build_stylegan_xl",
 MARKER = "fakeforge_tiny.json"
 
 
+def builder_version(name: str) -> int:
+    """Version of twin `name`'s builder (its `twin_version` attribute, 1 if unset); recorded in the marker."""
+    return int(getattr(TWINS.get(name), "twin_version", 1))
+
+
+def _is_current(target: Path, name: str) -> bool:
+    """True if `target` holds a finished twin built by the current version of its builder."""
+    try:
+        marker = json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return int(marker.get("version", 1)) == builder_version(name)
+
+
 def tiny_root() -> Path:
     """Where twins live: $FAKEFORGE_TINY_DIR, else ~/.cache/fakeforge/tiny."""
     env = os.environ.get("FAKEFORGE_TINY_DIR")
@@ -84,7 +98,7 @@ def build_tiny(name: str, root: str | Path | None = None, force: bool = False) -
     root = Path(root) if root else tiny_root()
     target = root / name
     with _locked(root):
-        if (target / MARKER).is_file() and not force:
+        if not force and _is_current(target, name):
             return target
         tmp = root / f".{name}.building"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -92,7 +106,7 @@ def build_tiny(name: str, root: str | Path | None = None, force: bool = False) -
         start = time.time()
         _quiet()
         TWINS.get(name)(tmp)
-        (tmp / MARKER).write_text(json.dumps({"twin": name, "of": TWINS.help(name),
+        (tmp / MARKER).write_text(json.dumps({"twin": name, "of": TWINS.help(name), "version": builder_version(name),
                                               "build_seconds": round(time.time() - start, 2)}))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -100,8 +114,9 @@ def build_tiny(name: str, root: str | Path | None = None, force: bool = False) -
 
 
 def ensure_tiny(name: str, root: str | Path | None = None) -> Path:
-    """Path of twin `name`, building it first if it is missing (safe across concurrent processes)."""
+    """Path of twin `name`, building it first if it is missing or was built by an older version of its
+    builder (safe across concurrent processes)."""
     root = Path(root) if root else tiny_root()
-    if (root / name / MARKER).is_file():
+    if _is_current(root / name, name):
         return root / name
     return build_tiny(name, root)

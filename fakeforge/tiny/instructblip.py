@@ -9,6 +9,12 @@ The Q-Former (32) and the language model (48) get different widths on purpose, s
 the two embedding tables fails loudly on the twin too. Every part uses a large initializer range
 (see INIT_RANGE; the vision default 1e-10 makes every image look the same to the model) and the query
 tokens are random rather than zero, so the twin's answers depend on the image and can be prompt-tuned.
+
+The LM tokenizer is set up like the hub's InstructBLIP-Vicuna tokenizer (BOS = EOS = `</s>`, `[PAD]` after
+the base vocabulary, then `<image>`), and its vocabulary splits the detector's prompt into the same
+pieces as LLaMA's (`▁Is ▁this ▁photo ▁real`, `▁?`, `▁yes`, `▁no`).
+`build_instructblip(out, llm_tokenizer=...)` builds the same twin around another LM tokenizer, e.g. the
+real LLaMA one (the parity tests do this).
 """
 from __future__ import annotations
 
@@ -25,13 +31,17 @@ VISION_HIDDEN = 32
 # default, removes it entirely). At 0.2 the two pseudo-word rows can learn a colour-separable task.
 INIT_RANGE = 0.2
 
-# Text the tiny tokenizers must cover well: the detector's prompts and answers.
-_EXTRA_CORPUS = ["Is this photo real?", "Is this photo real or fake?", "Is this image real?",
-                 "yes", "no", "Yes", "No", "real photo", "fake photo"] * 10
+# Text the tiny tokenizers must cover well: the detector's prompts (also split at the pseudo-word, as the
+# detector encodes them) and answers.
+_EXTRA_CORPUS = ["Is this photo real?", "Is this photo real or fake?", "Is this image real?", "Is this photo",
+                 "Is this photo real", "?", "Is it real ?", "yes", "no", "Yes", "No", "real photo",
+                 "fake photo"] * 10
 
 
-def build_instructblip(out_dir: Path, seed: int = 0) -> None:
-    """Write a tiny InstructBlipForConditionalGeneration + InstructBlipProcessor into `out_dir`."""
+def build_instructblip(out_dir: Path, seed: int = 0, llm_tokenizer=None) -> None:
+    """Write a tiny InstructBlipForConditionalGeneration + InstructBlipProcessor into `out_dir`.
+
+    `llm_tokenizer` replaces the tiny LM tokenizer (the LM's vocabulary then has its size)."""
     import torch
     from transformers import (
         BlipImageProcessor,
@@ -45,7 +55,7 @@ def build_instructblip(out_dir: Path, seed: int = 0) -> None:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lm_tok = llama_tokenizer(extra_corpus=_EXTRA_CORPUS)
+    lm_tok = llm_tokenizer if llm_tokenizer is not None else llama_tokenizer(extra_corpus=_EXTRA_CORPUS)
     lm_tok.padding_side = "left"  # decoder-only LM: left padding keeps the last position the answer slot
     qf_tok = bert_tokenizer(extra_corpus=_EXTRA_CORPUS)
     image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
@@ -84,3 +94,9 @@ def build_instructblip(out_dir: Path, seed: int = 0) -> None:
     model.generation_config.eos_token_id = lm_tok.eos_token_id
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+
+
+# Bump when the twin's files change in a way code may depend on: `ensure_tiny` rebuilds cached twins whose
+# marker records an older version. 2: Vicuna-style LM tokenizer (BOS </s>, [PAD]), prompt-shaped pieces,
+# Q-Former tokenizer with [DEC].
+build_instructblip.twin_version = 2

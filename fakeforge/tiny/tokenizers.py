@@ -57,22 +57,51 @@ def clip_tokenizer(vocab_size: int = 1000, pad_token: str = "<|endoftext|>"):
 
 
 def llama_tokenizer(vocab_size: int = 600, extra_corpus: list[str] | None = None):
-    """LlamaTokenizer (Metaspace BPE with byte fallback); pad = <unk> as in Vicuna/InstructBLIP."""
+    """LlamaTokenizer (Metaspace BPE with byte fallback) set up like InstructBLIP-Vicuna's hub tokenizer.
+
+    Like `Salesforce/instructblip-vicuna-7b` (LLaMA's tokenizer with `bos_token="</s>"`, `unk_token="</s>"`
+    and `[PAD]` added): the base vocabulary starts `<unk>`=0, `<s>`=1, `</s>`=2 as in LLaMA, BOS and EOS are
+    both `</s>` (id 2), a BOS is added to every encoded text, and `[PAD]` is the first id after the base
+    vocabulary (32000 on the real model).
+    """
     from transformers import LlamaTokenizer
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    # Trained with punctuation split off so that, like LLaMA's SentencePiece vocabulary, words and the
+    # punctuation after them are separate pieces ("real?" -> "▁real", "?"; a lone "?" -> "▁?").
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[?.,!;:]"), behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)])
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
     tok.train_from_iterator(caption_corpus() + (extra_corpus or []), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, show_progress=False))
-    out = LlamaTokenizer(vocab=tok.get_vocab(), merges=_merges(tok), unk_token="<unk>", bos_token="<s>",
-                         eos_token="</s>", model_max_length=512)
-    out.pad_token = out.unk_token
-    return out
+    return vicuna_style(LlamaTokenizer(vocab=tok.get_vocab(), merges=_merges(tok), unk_token="<unk>",
+                                       bos_token="<s>", eos_token="</s>", model_max_length=512))
+
+
+def vicuna_style(tok):
+    """Configure a LLaMA tokenizer as InstructBLIP-Vicuna ships it: BOS = UNK = EOS = `</s>`, BOS added, `[PAD]`."""
+    tok.add_special_tokens({"bos_token": "</s>", "unk_token": "</s>", "eos_token": "</s>"})
+    tok.add_bos_token = True
+    if hasattr(tok, "update_post_processor"):  # the fast backend rebuilds its template from add_bos_token
+        tok.update_post_processor()
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    return tok
+
+
+def llama_tokenizer_from_spm(model_dir: str):
+    """The real LLaMA/Vicuna tokenizer from a folder holding its `tokenizer.model`, set up as `vicuna_style`."""
+    from transformers import LlamaTokenizer
+
+    return vicuna_style(LlamaTokenizer.from_pretrained(model_dir, model_max_length=2048))
 
 
 def bert_tokenizer(extra_corpus: list[str] | None = None):
-    """BertTokenizer (WordPiece) whose vocab is the corpus words plus every printable ASCII char."""
+    """BertTokenizer (WordPiece, lower-casing) whose vocab is the corpus words plus every printable ASCII char.
+
+    Like the Q-Former tokenizer of InstructBLIP (bert-base-uncased with `[DEC]` added as BOS), so a prompt
+    encodes as `[CLS] ... [SEP]`.
+    """
     from transformers import BertTokenizer
 
     words = set()
@@ -83,7 +112,9 @@ def bert_tokenizer(extra_corpus: list[str] | None = None):
     chars = [chr(c) for c in range(33, 127)]
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + sorted(words)
     vocab = {p: i for i, p in enumerate(dict.fromkeys(pieces))}
-    return BertTokenizer(vocab=vocab, model_max_length=512)
+    tok = BertTokenizer(vocab=vocab, model_max_length=512)
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    return tok
 
 
 def t5_tokenizer(vocab_size: int = 400):
