@@ -1,6 +1,8 @@
 """Parity with the official AntifakePrompt code (nctu-eva-lab/AntifakePrompt and its LAVIS fork).
 
-Uses the real LLaMA/Vicuna `tokenizer.model` (tests/fixtures/llama_tokenizer) to pin the official prompt
+Uses the real LLaMA/Vicuna `tokenizer.model` (Meta's; not redistributed in this repository: the tests read it
+from $FAKEFORGE_LLAMA_TOKENIZER or the reference folder `../shared/reference/tokenizers/llama/` beside the
+checkout, and skip without it) to pin the official prompt
 tokens, and a tiny InstructBLIP twin built around it for a golden test: the detector's LM inputs, labels and
 candidate losses equal those of a small re-implementation of the official `_predict_class`, written here
 from the official code's behaviour (SentencePiece ids, right padding, targets, ids >= vocab read the
@@ -9,18 +11,30 @@ trained row, per-sequence mean of the token losses over all positions).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "llama_tokenizer"
+def _llama_tokenizer_dir() -> Path:
+    env = os.environ.get("FAKEFORGE_LLAMA_TOKENIZER")
+    if env:
+        return Path(env).parent if Path(env).is_file() else Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "reference" / "tokenizers" / "llama"
+
+
+FIXTURE = _llama_tokenizer_dir()
+needs_llama = pytest.mark.skipif(not (FIXTURE / "tokenizer.model").is_file(),
+                                 reason=f"the real LLaMA tokenizer.model is not at {FIXTURE} (set "
+                                        "FAKEFORGE_LLAMA_TOKENIZER)")
 LLAMA_MD5 = "eeec4125e9c7560836b4873b6f8e3025"
 # Official LLaMA ids: </s> Is this photo real ? (the "?" after [*] is "▁?"), "?" glued to a word, yes, no.
 BOS, IS, THIS, PHOTO, REAL, SPACE_Q, Q, YES, NO = 2, 1317, 445, 15373, 1855, 1577, 29973, 4874, 694
 
 
+@needs_llama
 def test_fixture_is_the_llama_tokenizer():
     data = (FIXTURE / "tokenizer.model").read_bytes()
     assert len(data) == 499_723 and hashlib.md5(data).hexdigest() == LLAMA_MD5
@@ -32,6 +46,8 @@ def real_vocab_twin(tmp_path_factory):
     from fakeforge.tiny.instructblip import build_instructblip
     from fakeforge.tiny.tokenizers import llama_tokenizer_from_spm
 
+    if not (FIXTURE / "tokenizer.model").is_file():
+        pytest.skip(f"the real LLaMA tokenizer.model is not at {FIXTURE} (set FAKEFORGE_LLAMA_TOKENIZER)")
     out = tmp_path_factory.mktemp("twin_llama_vocab")
     build_instructblip(out, llm_tokenizer=llama_tokenizer_from_spm(str(FIXTURE)))
     return out
