@@ -15,7 +15,9 @@ BUILD_EPILOG = """examples:
   fakeforge build --config antifakeprompt_train --limit 100 --tiny   # dry-run the paper recipe
   fakeforge build --config configs/build/my.yaml --set sets.1.generator.num_inference_steps=30
   accelerate launch build_dataset.py --config antifakeprompt_test   # one process per GPU
-Rerun the same command to resume: finished shards are skipped."""
+Rerun the same command to resume: finished shards are skipped, broken ones redone.
+Exit codes: 0 complete, 1 build failed (see the summary), 2 bad configuration or folder in use,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +32,45 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. source.limit=100 (repeatable)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also redo finished shards that recorded failed samples")
+    parser.add_argument("--verify-existing", action="store_true",
+                        help="check the sha256 of every finished shard before skipping it (default: sizes only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.epilog = BUILD_EPILOG
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import build
+    import errno
 
+    from fakeforge.build.config import resolve_build
+    from fakeforge.build.runner import BuildFailed, Terminated, build, install_sigterm_handler
+
+    install_sigterm_handler()
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir)
-    summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed)
+    try:
+        summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed,
+                        verify_existing=args.verify_existing)
+    except BuildFailed as exc:
+        for line in str(exc).splitlines():
+            print(f"fakeforge build: error: {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Terminated:
+        return 143
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        import shutil
+
+        where = Path(exc.filename or resolved.output)
+        try:
+            free = f"{shutil.disk_usage(where if where.is_dir() else where.parent).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        print(f"fakeforge build: error: disk full writing '{where}' ({free}); free some space and rerun the same "
+              "command to resume", file=sys.stderr)
+        return 1
     if summary.get("manifest") is not None:
         print(f"wrote {resolved.output} ({sum(v['count'] for v in summary['manifest'].values())} samples); "
               f"check it with: fakeforge verify {resolved.output}")

@@ -23,10 +23,11 @@ from fakeforge.config import (
     to_dict,
 )
 from fakeforge.images import ImagePolicy
+from fakeforge.registry import UnknownNameError
 from fakeforge.sources import SourceConfig
 
 DEFAULT_BUILD = "default"
-_SET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+_SET_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @dataclass
@@ -53,12 +54,17 @@ class SetConfig:
 
     def validate(self) -> None:
         if not _SET_NAME.match(self.name):
-            raise ValueError(f"set name '{self.name}' may only contain letters, digits, '_' and '-'")
+            raise ValueError(f"set name {self.name!r} may only contain letters, digits and '_' (it is a folder "
+                             "name and the first part of every key, '<set>-<image id>-<caption id>')")
 
 
 @dataclass
 class BuildConfig:
-    """Top-level build config (see configs/build/default.yaml for a commented example)."""
+    """Top-level build config (see configs/build/default.yaml for a commented example).
+
+    max_failed_fraction: a set whose failed samples exceed this fraction fails the build (non-zero
+        exit, and `verify` rejects it); 1.0 accepts any number of failures.
+    """
 
     output: str = "runs/demo"
     seed: int = 0
@@ -67,11 +73,18 @@ class BuildConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     sets: list[SetConfig] = field(default_factory=list)
     num_workers: int = 4
+    max_failed_fraction: float = 0.05
     description: str = ""
 
     def validate(self) -> None:
+        if not self.output.strip():
+            raise ValueError("output = '' must name a folder (an empty output would write into the current folder)")
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction = {self.max_failed_fraction} must be within [0, 1]")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers = {self.num_workers} must be >= 1")
         if not self.sets:
-            raise ValueError("a build config needs at least one entry under 'sets'")
+            raise ValueError("sets = []: a build config needs at least one entry under 'sets'")
         names = [s.name for s in self.sets]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -124,29 +137,56 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
                   limit: int | None = None, output: str | None = None, tiny_root: str | None = None
                   ) -> ResolvedBuild:
     """Load a build config (a path or a name under configs/build/; None = the embedded default),
-    apply `key=value` overrides, `limit` and `output`, and validate every set's generator config."""
+    apply `key=value` overrides, `limit` and `output`, and validate every set's generator config.
+
+    Raises one ConfigError listing every problem found (each naming its dotted key)."""
+    resolved, problems = resolve_build_collect(config, overrides, tiny=tiny, limit=limit, output=output,
+                                               tiny_root=tiny_root)
+    if problems:
+        raise ConfigError(problems=problems)
+    return resolved
+
+
+def resolve_build_collect(config: str | Path | None = None, overrides: list[str] | None = None, *,
+                          tiny: bool = False, limit: int | None = None, output: str | None = None,
+                          tiny_root: str | None = None) -> tuple[ResolvedBuild | None, list[str]]:
+    """Like `resolve_build`, but returns (resolved build or None, problems) and checks every set even
+    when an earlier one is broken. The resolved build holds only the sets without problems."""
     from generators import generator_config, resolve_generator_spec
 
     path = resolve_named_config(config or DEFAULT_BUILD, "build")
     raw = apply_overrides(_normalise_sets(load_yaml(path)), overrides)
+    problems: list[str] = []
     if limit is not None:
         if limit < 1:
             raise ConfigError(f"--limit {limit} must be a positive integer")
-        raw.setdefault("source", {})["limit"] = limit
+        if isinstance(raw.setdefault("source", {}), dict):
+            raw["source"]["limit"] = limit
         for s in raw.get("sets") or []:
             if isinstance(s, dict) and isinstance(s.get("source"), dict) and "limit" in s["source"]:
                 s["source"]["limit"] = limit
     if output is not None:
         raw["output"] = output
-    cfg: BuildConfig = from_dict(BuildConfig, raw)
+    try:
+        cfg: BuildConfig = from_dict(BuildConfig, raw)
+    except ConfigError as exc:
+        return None, exc.problems
     resolved = []
     for i, s in enumerate(cfg.sets):
-        source = from_dict(SourceConfig, deep_merge(to_dict(cfg.source), s.source), f"sets.{i}.source")
-        gen_raw = resolve_generator_spec(s.generator)
+        where = f"sets.{i}"
+        before = len(problems)
         try:
-            cls, gcfg = generator_config(gen_raw, tiny=tiny, tiny_root=tiny_root)
+            source = from_dict(SourceConfig, deep_merge(to_dict(cfg.source), s.source), f"{where}.source")
         except ConfigError as exc:
-            raise type(exc)(f"set '{s.name}': {exc}") from None
+            problems += [_in_set(line, f"{where}.source", s.name) for line in exc.problems]
+        try:
+            gen_raw = resolve_generator_spec(s.generator)
+            cls, gcfg = generator_config(gen_raw, tiny=tiny, tiny_root=tiny_root, path=f"{where}.generator")
+        except (ConfigError, UnknownNameError) as exc:
+            lines = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            problems += [_in_set(line, f"{where}.generator", s.name) for line in lines]
+        if len(problems) > before:
+            continue
         model_label = gen_raw.get("model_id")
         if tiny and gen_raw.get("tiny_twin"):
             model_label = f"tiny-twin:{gen_raw['tiny_twin']} (of {gen_raw.get('model_id')})"
@@ -154,11 +194,19 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
     content = {"seed": cfg.seed, "image": to_dict(cfg.image), "max_count": cfg.shards.max_count, "tiny": tiny,
                "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r)}
                         for r in resolved]}
-    return ResolvedBuild(cfg, resolved, tiny, config_hash(content), raw, tiny_root)
+    return ResolvedBuild(cfg, resolved, tiny, config_hash(content), raw, tiny_root), problems
+
+
+def _in_set(line: str, where: str, name: str) -> str:
+    """A set's problem, prefixed with its dotted key and name unless the line already starts with them."""
+    if line.startswith((where, f"'{where}")):
+        return f"{line} (set '{name}')"
+    return f"{where} (set '{name}'): {line}"
 
 
 def _source_identity(src: SourceConfig) -> dict:
     data = to_dict(src)
+    data.pop("image_limits", None)  # limits decide which samples fail, not what a sample is (--retry-failed)
     for k in ("captions_file", "images_dir"):  # the folder may move; the content stays
         if data.get(k):
             data[k] = Path(data[k]).name
