@@ -86,23 +86,31 @@ def _run_child(cfg: Path, tiny_dir: str) -> subprocess.Popen:
                              "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_resume_after_sigint_then_kill_9_gives_same_keys(tmp_path, tiny_dir):
+def test_resume_after_sigint_sigterm_and_kill_9_gives_same_keys(tmp_path, tiny_dir):
+    """Ctrl-C (exit 130) and SIGTERM (exit 143) drop the unfinished shard cleanly, with one log line and no
+    temp file; kill -9 leaves debris that the rerun clears. The rerun gives the keys of a clean build."""
     sets = [{"name": "sd2", "generator": {"preset": "sd2", "batch_size": 1}}]
     source = {"kind": "demo", "limit": 10}
     clean = write_build_config(tmp_path / "clean.yaml", tmp_path / "clean", sets, source, shards={"max_count": 1})
     _build(clean, tiny_dir)
     cfg = write_build_config(tmp_path / "k.yaml", tmp_path / "killed", sets, source, shards={"max_count": 1})
     set_dir = tmp_path / "killed" / "sd2"
-    for sig, wanted in ((signal.SIGINT, 2), (signal.SIGKILL, 4)):
+    for sig, wanted, code, line in ((signal.SIGINT, 2, 130, "interrupted (Ctrl-C)"),
+                                    (signal.SIGTERM, 4, 143, "terminated (SIGTERM)"), (signal.SIGKILL, 6, -9, None)):
         child = _run_child(cfg, tiny_dir)
         deadline = time.time() + 120
         while time.time() < deadline and len(list(set_dir.glob("*.stats.json"))) < wanted:
             time.sleep(0.02)
         child.send_signal(sig)
-        child.wait(timeout=60)
+        out, _ = child.communicate(timeout=60)
         done = len(list(set_dir.glob("*.stats.json")))
         assert wanted <= done < 10, f"the child should die mid-build (done shards: {done})"
+        assert child.returncode == code, out.decode()[-2000:]
         assert not (tmp_path / "killed" / "manifest.json").exists()
+        if line:
+            text = out.decode()
+            assert text.count(line) == 1 and "Traceback" not in text, text[-2000:]
+            assert not list((tmp_path / "killed").rglob("*.tmp")), "no temp file after a clean stop"
     child = _run_child(cfg, tiny_dir)
     out, _ = child.communicate(timeout=300)
     assert child.returncode == 0, out.decode()[-2000:]

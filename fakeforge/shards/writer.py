@@ -243,10 +243,15 @@ class ShardSink:
 
     def abort(self) -> None:
         """Drop everything written so far (the shard stays incomplete and is redone on resume)."""
+        if self._writer is not None:  # the tar stream may hold unwritten bytes: never flush them later
+            tar = getattr(self._writer, "tarstream", None)
+            for obj in (getattr(tar, "fileobj", None), tar):
+                if obj is not None and hasattr(obj, "closed"):
+                    obj.closed = True
         if self._fh is not None:
             try:
                 self._fh.close()
             except OSError:
                 pass
-            self._writer = self._fh = None
+        self._writer = self._fh = None
         clear_partial(self.set_dir, self.index)
