@@ -23,7 +23,7 @@ import numpy as np
 
 from fakeforge.config import ConfigError
 from generators.base import Generator, GenRequest, GenResult, SampleError
-from generators.checkpoint_file import CheckpointFileConfig
+from generators.checkpoint_file import RUN_DTYPE, CheckpointFileConfig
 from generators.source_image import (
     PREPARE_ERRORS,
     check_min_size,
@@ -101,8 +101,9 @@ def load_liif(path: Path, device: str = "cpu"):
 class LiifConfig(CheckpointFileConfig):
     """LIIF settings.
 
-    model_path: the .pth/.safetensors checkpoint (or a folder holding liif.pth); else model_id (set by
-        --tiny), else $FAKEFORGE_LIIF_MODEL.
+    model_path: the .pth/.safetensors checkpoint (or a folder holding liif.pth); model_id (set by --tiny
+        to the twin folder) takes precedence, $FAKEFORGE_LIIF_MODEL is the fallback. dtype: auto or
+        float32 (LIIF runs in float32).
     scale: super-resolution factor (any value > 1; x4 as in the AntifakePrompt "SR" sets).
     eval_bsize: pixels queried per MLP call (bounds memory; the official demo uses 30000).
     min_size / max_size: skip sources whose shorter side is below min_size; downscale sources whose
@@ -170,4 +171,5 @@ class LiifSuperRes(Generator):
     def settings(self) -> dict:
         data = super().settings()
         data["model_file"] = str(getattr(self, "model_file", "")) or None
+        data["dtype_resolved"] = RUN_DTYPE
         return data
