@@ -86,40 +86,29 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Check build configs and generator presets without loading any model; exit 1 if any is invalid.
+    """Check build configs and generator presets without loading any model; exit 1 if any has a problem.
 
-    A YAML with a top-level `type:` is a generator preset, anything else a build config."""
-    from fakeforge.build.config import resolve_build
-    from fakeforge.config import CONFIG_ROOT, load_yaml
-    from fakeforge.registry import UnknownNameError
-    from generators import PRESET_DIR, generator_config, resolve_generator_spec
-    from generators.checkpoint_file import MissingCheckpointError
-
-    def check_build(target: str) -> str:
-        r = resolve_build(target, tiny=args.tiny)
-        return f"sets {', '.join(s.name for s in r.sets)} (config_hash {r.hash})"
-
-    def check_preset(target: str) -> str:
-        generator_config(resolve_generator_spec(load_yaml(target)), tiny=args.tiny)
-        return ""
+    Every config and every set is checked; each problem is printed on its own line with its dotted key."""
+    from fakeforge.build.validate import validate_target
+    from fakeforge.config import CONFIG_ROOT
+    from generators import PRESET_DIR
 
     targets = args.configs or [str(p) for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))
                                + sorted(PRESET_DIR.glob("*.yaml"))]
-    failures = 0
+    failed = 0
     for target in targets:
-        kind = "build "
-        try:
-            raw = load_yaml(target) if Path(target).is_file() else {}
-            if "type" in raw and "sets" not in raw:
-                kind = "preset"
-            detail = check_preset(target) if kind == "preset" else check_build(target)
-            print(f"ok   {kind} {target}{': ' + detail if detail else ''}")
-        except MissingCheckpointError as exc:  # a file this machine lacks, not a config mistake
-            print(f"ok   {kind} {target} (checkpoint not found here: {exc})")
-        except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
-            failures += 1
-            print(f"FAIL {target}: {exc}", file=sys.stderr)
-    return 1 if failures else 0
+        report = validate_target(target, args.tiny)
+        if report.problems:
+            failed += 1
+            for problem in report.problems:
+                print(f"FAIL {report.kind:6s} {target}: {problem}", file=sys.stderr)
+        else:
+            print(f"ok   {report.kind:6s} {target}{': ' + report.detail if report.detail else ''}")
+        for note in report.notes:
+            print(f"note {report.kind:6s} {target}: {note}")
+    if failed:
+        print(f"{failed} of {len(targets)} config(s) have problems", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_ls_arguments(parser: argparse.ArgumentParser) -> None:
