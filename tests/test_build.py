@@ -19,6 +19,7 @@ from fakeforge.build.config import resolve_build
 from fakeforge.build.runner import build
 from fakeforge.cli import main as cli_main
 from fakeforge.config import ConfigError
+from fakeforge.locking import OutputLock
 from fakeforge.shards.reader import find_sets
 from fakeforge.shards.verify import VerifyError, verify_dataset
 
@@ -204,9 +205,15 @@ def test_two_processes_write_disjoint_shards_with_the_same_keys(tmp_path, tiny_d
     _build(one, tiny_dir)
     two = write_build_config(tmp_path / "two.yaml", tmp_path / "two", SETS)
     env = dict(os.environ, FAKEFORGE_TINY_DIR=tiny_dir, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           str(ROOT / "build_dataset.py"), "--config", str(two), "--tiny", "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "build_dataset.py"),
+              "--config", str(two), "--tiny", "--no-progress"]
+    with OutputLock(tmp_path / "two", "build"):  # another job holds the folder: every rank of this one exits
+        proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    message = f"fakeforge build: error: output folder '{tmp_path / 'two'}' is in use by build (pid {os.getpid()} on "
+    assert proc.stderr.count(message) == 2, proc.stderr[-3000:]       # rank 0 and rank 1
+    assert not list((tmp_path / "two").glob("*/*.tar")) and not (tmp_path / "two" / "build_config.yaml").exists()
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two").glob("*/*.stats.json")}
     assert ranks == {0, 1}
