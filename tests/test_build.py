@@ -112,9 +112,8 @@ def test_resume_after_sigint_sigterm_and_kill_9_gives_same_keys(tmp_path, tiny_d
             text = out.decode()
             assert text.count(line) == 1 and "Traceback" not in text, text[-2000:]
             assert not list((tmp_path / "killed").rglob("*.tmp")), "no temp file after a clean stop"
-    child = _run_child(cfg, tiny_dir)
-    out, _ = child.communicate(timeout=300)
-    assert child.returncode == 0, out.decode()[-2000:]
+    summary = _build(cfg, tiny_dir)                       # the rerun (in-process: one interpreter start less)
+    assert summary["shards_skipped"] >= 6 and summary["written"] == 10 - summary["shards_skipped"]
     assert verify_dataset(tmp_path / "killed")["samples"] == 10
     assert _keys_and_bytes(tmp_path / "killed").keys() == _keys_and_bytes(tmp_path / "clean").keys()
     assert not list((tmp_path / "killed").rglob("*.tmp"))

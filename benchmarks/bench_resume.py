@@ -1,0 +1,94 @@
+"""What deciding "done or redo" costs on a rerun, against the plain library calls it cannot do without.
+
+    python benchmarks/bench_resume.py [--shards 200] [--samples 50] [--kb 20] [--repeats 3]
+
+A finished dataset of `--shards` shards (each `--samples` samples of `--kb` KiB, written by the real
+ShardSink) is checked the way a rerun checks it:
+  * "resume": `shard_state` for every shard (done-marker + tar sizes + stray parts, one folder listing),
+    against "stat": a bare `os.stat` of every tar (the least a size check needs);
+  * "verify-existing": `shard_state(check_hash=True)`, against "sha256": `hashlib.sha256` over every tar.
+The ratios that matter are resume/stat and verify-existing/sha256; the median of `--repeats` runs is
+reported (the page cache is warm after the first run, for both sides alike).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def make_dataset(set_dir: Path, shards: int, samples: int, kb: int) -> None:
+    from fakeforge.shards.writer import ShardSink
+
+    payload = os.urandom(kb * 1024)
+    for s in range(shards):
+        sink = ShardSink(set_dir, s, 1 << 40, {"set": "bench"})
+        for i in range(samples):
+            sink.write({"__key__": f"bench-{s}-{i}", "jpg": payload, "json": {"i": i}})
+        sink.close()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shards", type=int, default=200)
+    p.add_argument("--samples", type=int, default=50)
+    p.add_argument("--kb", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    from fakeforge.shards.writer import shard_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        set_dir = Path(tmp) / "bench"
+        make_dataset(set_dir, args.shards, args.samples, args.kb)
+        tars = sorted(set_dir.glob("*.tar"))
+        total_mb = sum(t.stat().st_size for t in tars) / 2**20
+
+        def resume():
+            listing = {q.name for q in set_dir.iterdir()}
+            assert all(shard_state(set_dir, i, existing=listing)[0] for i in range(args.shards))
+
+        def stat():
+            for t in tars:
+                os.stat(t)
+
+        def verify_existing():
+            listing = {q.name for q in set_dir.iterdir()}
+            assert all(shard_state(set_dir, i, existing=listing, check_hash=True)[0] for i in range(args.shards))
+
+        def sha256():
+            for t in tars:
+                h = hashlib.sha256()
+                with open(t, "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        h.update(block)
+
+        runs = {name: [] for name in ("resume", "stat", "verify-existing", "sha256")}
+        for _ in range(args.repeats):  # alternate so machine noise hits both sides alike
+            for name, fn in (("resume", resume), ("stat", stat), ("verify-existing", verify_existing),
+                             ("sha256", sha256)):
+                runs[name].append(timed(fn))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"{args.shards} shards, {total_mb:.0f} MiB, median of {args.repeats} runs")
+    for name, secs in med.items():
+        print(f"  {name:16s} {secs * 1000:9.1f} ms")
+    print(f"  resume / stat             = {med['resume'] / med['stat']:.1f}x "
+          f"({med['resume'] / args.shards * 1e6:.0f} us per shard)")
+    print(f"  verify-existing / sha256  = {med['verify-existing'] / med['sha256']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
