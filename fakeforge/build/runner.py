@@ -30,7 +30,7 @@ from fakeforge.build.worker import BatchReport, run_shard
 from fakeforge.config import ConfigError, dump_yaml
 from fakeforge.locking import FolderLockedError, OutputLock
 from fakeforge.shards.manifest import MANIFEST, build_manifest, collect_stats
-from fakeforge.shards.writer import ShardWriteError, shard_state
+from fakeforge.shards.writer import ShardWriteError, list_shard_files, shard_state
 from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure
 
@@ -276,12 +276,12 @@ def _build_locked(resolved, state, plans, progress, retry_failed, verify_existin
 
 def _todo(out: Path, mine, retry_failed: bool, verify_existing: bool):
     """The jobs to (re)do; logs each finished shard that is redone because it is no longer whole."""
-    listings: dict[str, set[str]] = {}
+    listings: dict[str, dict[str, set[str]]] = {}
     todo, redone = [], 0
     for rset, job in mine:
         set_dir = out / rset.name
         if rset.name not in listings:
-            listings[rset.name] = {p.name for p in set_dir.iterdir()} if set_dir.is_dir() else set()
+            listings[rset.name] = list_shard_files(set_dir)
         done, reason = shard_state(set_dir, job.index, without_failures=retry_failed, check_hash=verify_existing,
                                    existing=listings[rset.name])
         if not done:

@@ -58,15 +58,29 @@ def read_stats(set_dir: Path, index: int) -> dict | None:
         return None
 
 
+def list_shard_files(set_dir: Path) -> dict[str, set[str]]:
+    """The files of a set folder grouped by shard stem ("000012" -> {"000012.tar", "000012.stats.json", ...}),
+    listed once so that checking every shard does not rescan the folder."""
+    out: dict[str, set[str]] = {}
+    if Path(set_dir).is_dir():
+        for p in Path(set_dir).iterdir():
+            stem = re.split(r"[.-]", p.name, maxsplit=1)[0]
+            out.setdefault(stem, set()).add(p.name)
+    return out
+
+
 def shard_state(set_dir: Path, index: int, *, without_failures: bool = False, check_hash: bool = False,
-                existing: set[str] | None = None) -> tuple[bool, str | None]:
+                existing: dict[str, set[str]] | None = None) -> tuple[bool, str | None]:
     """(done, reason). Done means: the done-marker says so, and every tar it lists exists with the
     recorded size (and sha256, with `check_hash`), and no other part of the shard lies beside it.
     `reason` says why a shard with a done-marker is not done (None for a shard never finished).
-    `existing`: the names in `set_dir`, listed once by the caller (saves a directory scan per shard)."""
+    `existing`: `list_shard_files(set_dir)`, listed once by the caller; without it stray parts are not
+    looked for."""
     set_dir = Path(set_dir)
     p = stats_path(set_dir, index)
-    if existing is not None and p.name not in existing or existing is None and not p.is_file():
+    stem = shard_stem(index)
+    names = existing.get(stem, set()) if existing is not None else None
+    if names is not None and p.name not in names or names is None and not p.is_file():
         return False, None
     stats = read_stats(set_dir, index)
     if not isinstance(stats, dict) or not stats.get("done") or not isinstance(stats.get("tars"), list):
@@ -83,9 +97,8 @@ def shard_state(set_dir: Path, index: int, *, without_failures: bool = False, ch
             return False, f"{tar.name} has {size} bytes, its done-marker says {t.get('bytes')}"
         if check_hash and sha256_file(tar) != t.get("sha256"):
             return False, f"{tar.name} does not match its recorded sha256"
-    if existing is not None:
-        stem = shard_stem(index)
-        stray = sorted(n for n in existing if _is_part_of(n, stem) and n.endswith(".tar") and n not in listed)
+    if names is not None:
+        stray = sorted(n for n in names if _is_part_of(n, stem) and n.endswith(".tar") and n not in listed)
         if stray:
             return False, f"{stray[0]} lies beside it but is not listed in its done-marker"
     if sum(int(t.get("count", 0)) for t in stats["tars"]) != stats.get("written"):
