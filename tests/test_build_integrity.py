@@ -71,6 +71,12 @@ def test_truncated_deleted_or_flipped_tar_is_rebuilt(tmp_path, tiny_dir, caplog)
     assert checked["shards_redone"] == 1 and "000002.tar does not match its recorded sha256" in caplog.text
     assert verify_dataset(tmp_path / "out")["samples"] == 12
     assert keys_of(tmp_path / "out") == clean
+    shutil.copy(tars[1], set_dir / "000001-1.tar")                 # a stray part beside a finished shard
+    with pytest.raises(VerifyError, match="000001-1.tar' is not listed in the manifest"):
+        verify_dataset(tmp_path / "out")
+    assert _build(cfg, tiny_dir)["shards_redone"] == 1
+    assert "redoing shard real/000001: 000001-1.tar lies beside it but is not listed" in caplog.text
+    assert verify_dataset(tmp_path / "out")["samples"] == 12 and keys_of(tmp_path / "out") == clean
 
 
 def test_interrupted_retry_failed_then_plain_rerun_completes(tmp_path, tiny_dir):
