@@ -80,8 +80,6 @@ def check_output_path(out: Path) -> None:
     """Refuse an output path that is a file, or whose folder cannot be written (before any work)."""
     import os
 
-    if str(out).strip() in ("", "."):
-        raise ConfigError(f"output = '{out}' must name a folder")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output '{out}' is a file, not a folder; choose another --output")
     anchor = out
