@@ -88,7 +88,8 @@ def test_a_set_with_no_sample_is_an_error_even_with_an_unlimited_budget(tmp_path
     cfg = write_build_config(tmp_path / "c.yaml", tmp_path / "out", [{"name": "real", "generator": "real"}], src,
                              max_failed_fraction=1.0)
     assert _cli_build(cfg, tiny_dir) == 1
-    assert "set 'real': 3 of 3 samples failed" in capsys.readouterr().err
+    assert "fakeforge build: error: set 'real' holds 0 samples: all 3 failed; most common errors: 3x " \
+        "ImageLoadError" in capsys.readouterr().err
     with pytest.raises(VerifyError, match=r"set 'real' holds 0 samples \(3 failed"):
         verify_dataset(tmp_path / "out")
 

@@ -7,16 +7,14 @@ command resumes: a shard is skipped only when its done-marker is there and every
 whole; anything else is redone, and the log says why.
 
 A build that ends without a complete dataset ends with `BuildFailed` (exit 1): a shard that could not
-be written, a set whose first batch failed entirely, a set over its failure budget.
+be written, a set whose first batch failed entirely, a set over its failure budget (see failures.py).
 """
 from __future__ import annotations
 
 import gc
 import logging
 import platform
-import shutil
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,25 +24,18 @@ import yaml
 from fakeforge import __version__
 from fakeforge.build.config import ResolvedBuild, ResolvedSet
 from fakeforge.build.plan import ShardJob, check_unique_keys, plan_shards
+from fakeforge.build.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
 from fakeforge.build.worker import BatchReport, run_shard
 from fakeforge.config import ConfigError, dump_yaml
 from fakeforge.locking import FolderLockedError, OutputLock
-from fakeforge.shards.manifest import MANIFEST, build_manifest, collect_stats
+from fakeforge.shards.manifest import MANIFEST, build_manifest
 from fakeforge.shards.writer import ShardWriteError, list_shard_files, shard_state
 from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure
 
+__all__ = ["BuildFailed", "DiskFullError", "Terminated", "build", "check_output_dir", "plan_build"]
 log = logging.getLogger("fakeforge.build")
 RESOLVED_CONFIG = "build_config.yaml"
-MAX_SHARD_WRITE_FAILURES = 3  # transient write errors tolerated (other shards go on) before the build stops
-
-
-class BuildFailed(Exception):
-    """The build ran but did not produce a complete, within-budget dataset; the message says what failed."""
-
-
-class DiskFullError(BuildFailed):
-    """The output filesystem is full; the message names the folder and the free space."""
 
 
 class Terminated(BaseException):
@@ -158,34 +149,6 @@ def build_lock(out: Path, state):
         yield
     finally:
         lock.release()
-
-
-class SetGuard:
-    """Stops a set whose first batch (at least two samples when the set has them) failed in the
-    generator for every sample with one and the same error: that is a configuration or code problem
-    (a rejected argument, NaN everywhere), not bad data. Failures on the samples' own input (source
-    image, caption) are data and do not count."""
-
-    def __init__(self, name: str, planned: int):
-        self.name, self.planned = name, planned
-        self.seen = 0
-        self.errors: Counter = Counter()
-        self.checking = True
-
-    def __call__(self, report: BatchReport) -> None:
-        if not self.checking:
-            return
-        self.seen += report.size - report.input_failed  # samples that reached the generator
-        self.errors.update(report.generator_errors)
-        if sum(self.errors.values()) < self.seen or len(self.errors) > 1:
-            self.checking = False  # something was made, or the failures differ: the generator works
-            return
-        if self.seen and self.seen >= min(2, self.planned):
-            self.checking = False
-            error = next(iter(self.errors))
-            raise BuildFailed(f"set '{self.name}': the first {self.seen} sample(s) all failed in the generator "
-                              f"with the same error, stopping (a configuration or code problem, not bad data): "
-                              f"{error}")
 
 
 def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = False,
@@ -324,70 +287,10 @@ def _run_jobs(resolved: ResolvedBuild, state, todo, summary, versions, bar, pool
                 raise BuildFailed(f"set '{rset.name}': the generator failed (a configuration or code problem, "
                                   f"not one sample's): {exc}") from exc
             except ShardWriteError as exc:
-                _shard_write_failed(exc, rset.name, job.index, summary)
+                shard_write_failed(exc, rset.name, job.index, summary)
         del generator
         if n + 1 < len(active):  # release the accelerator before the next set's model loads
             _free_memory()
-
-
-def _shard_write_failed(exc: ShardWriteError, set_name: str, index: int, summary: dict) -> None:
-    """Record a dropped shard; stop the build when the disk is full, the folder unwritable, or errors repeat."""
-    if exc.disk_full:
-        free = _free_bytes(exc.set_dir)
-        raise DiskFullError(f"disk full: no space left for '{exc.set_dir}' ({_human(free)} free on that "
-                            "filesystem); the unfinished shard was dropped, finished shards are kept. Free some "
-                            "space (or use another --output) and rerun the same command to resume") from None
-    summary["shard_errors"].append({"set": set_name, "shard": f"{index:06d}", "error": str(exc.cause)})
-    log.error("%s; the shard was dropped and will be redone on the next run", exc)
-    if not exc.transient or len(summary["shard_errors"]) >= MAX_SHARD_WRITE_FAILURES:
-        raise BuildFailed("\n".join(f"shard {e['set']}/{e['shard']}: {e['error']}" for e in summary["shard_errors"])
-                          + ("\nstopping: the output folder cannot be written" if not exc.transient else
-                             f"\nstopping after {len(summary['shard_errors'])} shards failed to write")) from None
-
-
-def over_budget(out: Path, manifest: dict, max_fraction: float) -> list[str]:
-    """One line per set whose failed samples exceed `max_fraction` (or that holds no sample at all),
-    with its counts and most common errors."""
-    lines = []
-    for name, info in manifest["sets"].items():
-        total = info["count"] + info["failed"]
-        if total == 0 or (info["failed"] / total <= max_fraction and info["count"] > 0):
-            continue
-        common = most_common_errors(out, name)
-        lines.append(f"set '{name}': {info['failed']} of {total} samples failed "
-                     f"({100 * info['failed'] / total:.1f}% > max_failed_fraction {100 * max_fraction:g}%); "
-                     f"most common errors: {common}")
-    return lines
-
-
-def most_common_errors(out: Path, set_name: str, n: int = 3) -> str:
-    """The `n` most common failure messages of a set (paths and quoted names folded), with counts."""
-    import re
-
-    counts: Counter = Counter()
-    for st in collect_stats(out, set_name):
-        for f in st.get("failures", []):
-            counts[re.sub(r"'[^']*'", "'...'", str(f.get("error")))[:200]] += 1
-    return "; ".join(f"{c}x {msg}" for msg, c in counts.most_common(n)) or "(none recorded)"
-
-
-def _free_bytes(folder: Path) -> int | None:
-    for p in (folder, *folder.parents):
-        try:
-            return shutil.disk_usage(p).free
-        except OSError:
-            continue
-    return None
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"
 
 
 def _free_memory() -> None:
