@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(importlib.import_module(module), run_fn)(args) or 0)
     except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
-        print(f"fakeforge {args.command}: error: {exc}", file=sys.stderr)
+        for line in (exc.problems if isinstance(exc, ConfigError) else [str(exc)]):
+            print(f"fakeforge {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

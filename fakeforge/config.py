@@ -23,7 +23,20 @@ CONFIG_ROOT = Path(str(importlib.resources.files("fakeforge.configs")))
 
 
 class ConfigError(ValueError):
-    """A configuration problem the user must fix; raised before any model is loaded."""
+    """A configuration problem the user must fix; raised before any model is loaded.
+
+    One error may carry several problems (`problems`, one line each, each naming its key or file);
+    `str()` joins them with newlines, so the CLIs print one line per problem.
+    """
+
+    def __init__(self, message: str | None = None, problems: list[str] | None = None):
+        self.problems = list(problems) if problems else [str(message)]
+        super().__init__("\n".join(self.problems))
+
+    @classmethod
+    def merge(cls, errors: list["ConfigError"]) -> "ConfigError":
+        """One error holding every problem of `errors`."""
+        return cls(problems=[p for e in errors for p in e.problems])
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -32,9 +45,16 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: '{path}'")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        one_line = " ".join(str(exc).split())
+        raise ConfigError(f"config file '{path}' is not valid YAML: {one_line}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -141,7 +161,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"'{path}' = {value!r} must be a list")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
-        items = [_coerce(v, item_tp, f"{path}.{i}") for i, v in enumerate(value)]
+        items, errors = [], []
+        for i, v in enumerate(value):
+            try:
+                items.append(_coerce(v, item_tp, f"{path}.{i}"))
+            except ConfigError as exc:
+                errors.append(exc)
+        if errors:
+            raise ConfigError.merge(errors)
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -169,27 +196,51 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type, data: dict, path: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types (errors name the key)."""
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types (errors name the key).
+
+    Every bad key is reported, not just the first (`ConfigError.problems`). The dataclass's own
+    `validate()` runs when the types are right; a `ValueError` it raises becomes a ConfigError
+    prefixed with `path`, so no bad value ends in a traceback."""
     if not isinstance(data, dict):
         raise ConfigError(f"'{path or cls.__name__}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    errors: list[ConfigError] = []
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         where = f" in '{path}'" if path else ""
-        raise ConfigError(f"unknown key(s) {unknown}{where}; valid keys: {sorted(fields)}")
+        errors.append(ConfigError(f"unknown key(s) {unknown}{where}; valid keys: {sorted(fields)}"))
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{path}.{name}" if path else name)
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+        if name not in fields:
+            continue
+        try:
+            kwargs[name] = _coerce(value, hints[name], f"{path}.{name}" if path else name)
+        except ConfigError as exc:
+            errors.append(exc)
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"missing required key(s) {missing} in '{path or cls.__name__}'")
+        errors.append(ConfigError(f"missing required key(s) {missing} in '{path or cls.__name__}'"))
+    if errors:
+        raise ConfigError.merge(errors)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(_with_path(path, str(exc))) from None
     return obj
+
+
+def _with_path(path: str, message: str) -> str:
+    """Prefix a validate() message with the dotted path of its block, unless it already names it."""
+    if not path or message.startswith(path) or message.startswith(f"'{path}"):
+        return message
+    return f"{path}: {message}"
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,26 +1,79 @@
 """Image input and output policy shared by the dataset builder and the detectors.
 
 `load_rgb` turns whatever a user hands us (CMYK, 16-bit, palette with transparency, EXIF-rotated...)
-into an upright 8-bit RGB PIL image, or raises `ImageLoadError` naming the file.
-`ImagePolicy` is the single resize + encoding policy applied to real and fake images alike, so a
-detector cannot learn file format or size instead of fakeness.
+into an upright 8-bit RGB PIL image, or raises `ImageLoadError` naming the file. Every outside image
+is hostile until its header passed `ImageLimits` (pixel count, aspect ratio, longest side): the
+limits are checked from the header, before any pixel is decoded and before any resize, so a
+65-byte PNG that declares 60000x60000 or a 40000x1 strip costs nothing. Whatever PIL raises while
+opening or decoding (its DecompressionBombError included) becomes an `ImageLoadError`.
+`ImagePolicy` is the single resize + encoding policy applied to real and fake images alike.
 """
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 _EXT_FOR_FORMAT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+#: PIL's own decompression-bomb threshold (its warning level; it raises at twice this).
+PIL_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+# `ImageLimits` rejects oversized images from their header, so PIL's warning for images between
+# one and two times its threshold is redundant noise (and `warnings.catch_warnings` is not
+# thread-safe, which matters because sources are decoded in threads).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageLoadError(ValueError):
-    """An input file that is not a readable image (zero bytes, truncated, not an image)."""
+    """An input file that is not a readable image (zero bytes, truncated, not an image, over the limits)."""
+
+
+@dataclass
+class ImageLimits:
+    """Resource limits for every image read from outside (build sources, detect, eval, stats, train).
+
+    max_pixels: width x height above this is refused (default: PIL's own bomb threshold, ~89.5 MP).
+    max_aspect: longer side / shorter side above this is refused (a 40000x1 strip would blow up to
+        tens of GB when its shorter side is resized to 512).
+    max_side: a longer side above this is refused.
+    All are checked from the file header, before decoding.
+    """
+
+    max_pixels: int = PIL_MAX_PIXELS
+    max_aspect: float = 20.0
+    max_side: int = 16384
+
+    def validate(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"image_limits.max_pixels = {self.max_pixels} must be >= 1")
+        if self.max_aspect < 1:
+            raise ValueError(f"image_limits.max_aspect = {self.max_aspect} must be >= 1")
+        if self.max_side < 1:
+            raise ValueError(f"image_limits.max_side = {self.max_side} must be >= 1")
+
+    def check(self, width: int, height: int, name: str) -> None:
+        """Raise ImageLoadError naming the file when a `width` x `height` image breaks a limit."""
+        if width < 1 or height < 1:
+            raise ImageLoadError(f"image '{name}' declares an empty size {width}x{height}")
+        if width * height > self.max_pixels:
+            raise ImageLoadError(f"image '{name}' declares {width}x{height} = {width * height} pixels, over the "
+                                 f"limit of {self.max_pixels} (image_limits.max_pixels)")
+        if max(width, height) / min(width, height) > self.max_aspect:
+            raise ImageLoadError(f"image '{name}' declares {width}x{height}, an aspect ratio over the limit of "
+                                 f"{self.max_aspect:g}:1 (image_limits.max_aspect)")
+        if max(width, height) > self.max_side:
+            raise ImageLoadError(f"image '{name}' declares {width}x{height}, a side over the limit of "
+                                 f"{self.max_side} (image_limits.max_side)")
+
+
+DEFAULT_LIMITS = ImageLimits()
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -51,29 +104,51 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_rgb(source: str | Path | bytes | Image.Image) -> Image.Image:
-    """Load a path, raw bytes or PIL image as upright 8-bit RGB; raise ImageLoadError naming the source."""
+def load_rgb(source: str | Path | bytes | Image.Image, limits: ImageLimits | None = None, *,
+             min_side: int | None = None, name: str | None = None) -> Image.Image:
+    """Load a path, raw bytes or PIL image as upright 8-bit RGB; raise ImageLoadError naming the source.
+
+    `limits` (default `DEFAULT_LIMITS`) are checked from the header before anything is decoded.
+    `min_side`: the caller only needs the shorter side to be at least this many pixels (it resizes
+    down anyway); a large JPEG is then decoded at a reduced scale (PIL's `draft`, DCT scaling by
+    1/2, 1/4 or 1/8), which is much cheaper. `name` labels bytes in messages (e.g. a sample key).
+    """
+    limits = limits or DEFAULT_LIMITS
     if isinstance(source, Image.Image):
+        limits.check(*source.size, name or "<image>")
         return to_rgb(source)
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    is_bytes = isinstance(source, (bytes, bytearray, memoryview))
+    name = name or ("<bytes>" if is_bytes else str(source))
+    if is_bytes:
+        if len(source) == 0:
+            raise ImageLoadError(f"image '{name}' is empty (0 bytes)")
+        opener = lambda: Image.open(io.BytesIO(bytes(source)))  # noqa: E731
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ImageLoadError(f"image file not found: '{path}'")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"image file '{path}' is empty (0 bytes)")
+        opener = lambda: Image.open(path)  # noqa: E731
     try:
-        if isinstance(source, (bytes, bytearray)):
-            if len(source) == 0:
-                raise ImageLoadError(f"image '{name}' is empty (0 bytes)")
-            img = Image.open(io.BytesIO(source))
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise ImageLoadError(f"image file not found: '{path}'")
-            if path.stat().st_size == 0:
-                raise ImageLoadError(f"image file '{path}' is empty (0 bytes)")
-            img = Image.open(path)
+        img = opener()  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"image '{name}' is refused by PIL as a decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - anything PIL raises on hostile input is this file's error
+        raise ImageLoadError(f"cannot read image '{name}': {type(exc).__name__}: {exc}") from None
+    try:
+        limits.check(*img.size, name)
+        if min_side and img.format == "JPEG" and min(img.size) > 2 * min_side:
+            scale = min_side / min(img.size)
+            img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
         img.load()  # decode now so truncated files fail here, not later
+        return to_rgb(img)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"cannot read image '{name}': {exc}") from None
-    return to_rgb(img)
+    except Exception as exc:  # noqa: BLE001 - decode errors, bad EXIF, MemoryError: this file's error
+        raise ImageLoadError(f"cannot read image '{name}': {type(exc).__name__}: {exc}") from None
+    finally:
+        img.close()
 
 
 def find_images(folder: str | Path) -> list[Path]:

@@ -75,16 +75,19 @@ def resolve_generator_spec(spec: str | dict) -> dict:
     return merged
 
 
-def generator_config(raw: dict, tiny: bool = False, tiny_root: str | Path | None = None):
-    """Validate raw generator data into its config dataclass; with `tiny`, swap in the tiny twin."""
+def generator_config(raw: dict, tiny: bool = False, tiny_root: str | Path | None = None, path: str = "generator"):
+    """Validate raw generator data into its config dataclass; with `tiny`, swap in the tiny twin.
+    `path` is the dotted key that error messages name (e.g. "sets.1.generator")."""
     from fakeforge.config import from_dict
 
     kind = raw.get("type")
     GENERATORS.check(kind)
     cls = GENERATORS.get(kind)
     if tiny:
+        if not isinstance(raw.get("tiny") or {}, dict):
+            raise ConfigError(f"'{path}.tiny' = {raw.get('tiny')!r} must be a mapping")
         raw = deep_merge(raw, raw.get("tiny") or {})
-    cfg = from_dict(cls.config_class, raw, "generator")
+    cfg = from_dict(cls.config_class, raw, path)
     if tiny and cfg.tiny_twin:
         from fakeforge.tiny import TWINS
         from fakeforge.tiny import tiny_root as default_root

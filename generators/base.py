@@ -3,11 +3,13 @@
 A generator turns a batch of `GenRequest`s (caption, per-sample seed, optionally the real source
 image) into `GenResult`s. A failure of one sample is data: the result carries `error` and the build
 goes on. `generate_safe` retries a failed batch one sample at a time so a single bad input cannot
-sink its neighbours.
+sink its neighbours; an error that is not one sample's (a bug, a rejected argument) raises
+`GeneratorFailure` and stops the build.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -116,23 +118,54 @@ class Generator:
         return data
 
     def generate_safe(self, requests: list[GenRequest]) -> list[GenResult]:
-        """`generate`, but a failing batch is retried one sample at a time; errors become results."""
+        """`generate`, but a failing batch is retried one sample at a time, and errors that belong to
+        one sample (see `is_sample_error`) become that sample's result. Anything else (a TypeError,
+        an argument the pipeline rejects, a wrong number of results) raises `GeneratorFailure`: it
+        would fail every sample the same way, so it is a configuration or code problem, not data."""
         try:
-            results = self.generate(requests)
-            if len(results) != len(requests):
-                raise RuntimeError(f"generator returned {len(results)} results for {len(requests)} requests")
-            return results
-        except Exception as exc:  # noqa: BLE001 - per-sample failures are data
+            return _checked(self.generate(requests), len(requests))
+        except GeneratorFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sorted into per-sample data or a failure below
+            if not is_sample_error(exc):
+                raise GeneratorFailure(_describe(exc)) from exc
             if len(requests) == 1:
                 return [GenResult(error=_describe(exc))]
             log.warning("batch of %d failed (%s); retrying one by one", len(requests), _describe(exc))
         out = []
         for req in requests:
             try:
-                out.extend(self.generate([req]))
+                out.extend(_checked(self.generate([req]), 1))
+            except GeneratorFailure:
+                raise
             except Exception as exc:  # noqa: BLE001
+                if not is_sample_error(exc):
+                    raise GeneratorFailure(_describe(exc)) from exc
                 out.append(GenResult(error=_describe(exc)))
         return out
+
+
+class GeneratorFailure(RuntimeError):
+    """The generator raised an error that does not belong to one sample (a bug, a bad argument, a broken
+    pipeline). The build stops with it instead of recording the same error for every sample."""
+
+
+def is_sample_error(exc: BaseException) -> bool:
+    """True for errors that belong to one sample or one batch and are recorded as data: SampleError
+    (NaN output, unusable input) and running out of memory (the batch is then retried one by one)."""
+    if isinstance(exc, (SampleError, MemoryError)):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _checked(results: list[GenResult], n: int) -> list[GenResult]:
+    if not isinstance(results, list) or len(results) != n:
+        got = len(results) if isinstance(results, list) else type(results).__name__
+        raise GeneratorFailure(f"generator returned {got} results for {n} requests")
+    return results
 
 
 def _describe(exc: BaseException) -> str:

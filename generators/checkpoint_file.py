@@ -1,8 +1,12 @@
 """Checkpoint files of non-diffusers generators (LaMa's TorchScript, LIIF's .pth): where to find them.
 
-The path comes from `model_id` (what --tiny sets to the twin folder), else the config's `model_path`,
-else an environment variable; a folder means `<folder>/<filename>`. A missing file is a configuration
-error whose message says what the file is and where users get it.
+Precedence: `model_id` (what --tiny sets to the twin folder, so a dry run never loads the real
+weights even when `model_path` is set), else the config's `model_path`, else an environment
+variable; a folder means `<folder>/<filename>`. A missing file is a configuration error whose
+message says what the file is and where users get it.
+
+These generators run in float32 (`RUN_DTYPE`): a config asking for another dtype is refused rather
+than silently ignored, and `dtype_resolved` in every sample's settings records what really ran.
 """
 from __future__ import annotations
 
@@ -53,10 +57,14 @@ def check_checkpoint(cfg: GeneratorConfig, model_path, env, filename, help) -> N
         resolve_checkpoint(cfg, model_path, env, filename, help)
 
 
+RUN_DTYPE = "float32"
+
+
 @dataclass
 class CheckpointFileConfig(GeneratorConfig):
-    """Config of a generator whose weights are one file: `model_path`, the tiny twin's folder
-    (`model_id`, set by --tiny), or the environment variable `checkpoint_env`.
+    """Config of a generator whose weights are one file: the tiny twin's folder (`model_id`, set by
+    --tiny) first, else `model_path`, else the environment variable `checkpoint_env`.
+    `dtype` must be "auto" or "float32" (what these generators run in).
 
     Subclasses set the class attributes `checkpoint_env`, `checkpoint_name` (the file inside a
     folder) and `checkpoint_help` (what the file is and where to get it).
@@ -66,6 +74,12 @@ class CheckpointFileConfig(GeneratorConfig):
     checkpoint_env: ClassVar[str] = ""
     checkpoint_name: ClassVar[str] = ""
     checkpoint_help: ClassVar[str] = ""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dtype not in ("auto", RUN_DTYPE):
+            raise ConfigError(f"generator.dtype = '{self.dtype}': generator type '{self.type}' runs in {RUN_DTYPE} "
+                              "only; use auto or float32")
 
     def check(self) -> None:
         super().check()

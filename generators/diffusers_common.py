@@ -59,11 +59,23 @@ class DiffusersConfig(GeneratorConfig):
             cls = getattr(diffusers, self.pipeline, None)
             if not (inspect.isclass(cls) and issubclass(cls, diffusers.DiffusionPipeline)):
                 raise ConfigError(f"generator.pipeline = '{self.pipeline}' is not a diffusers pipeline class")
+            check_call_kwargs(self, cls)
         if self.scheduler:
             cls = getattr(diffusers, self.scheduler, None)
             if not (inspect.isclass(cls) and issubclass(cls, diffusers.SchedulerMixin)):
                 known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
                 raise ConfigError(f"unknown scheduler '{self.scheduler}'; valid schedulers: {', '.join(known)}")
+
+
+def check_call_kwargs(cfg: DiffusersConfig, pipeline_cls) -> None:
+    """Refuse `call_kwargs` the pipeline's `__call__` does not name: diffusers pipelines accept and
+    silently drop unknown keyword arguments, so a typo would otherwise change nothing without a word."""
+    params = inspect.signature(pipeline_cls.__call__).parameters
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    unknown = sorted(set(cfg.call_kwargs) - named)
+    if unknown:
+        raise ConfigError(f"generator.call_kwargs: {pipeline_cls.__name__} takes no argument(s) {unknown}; "
+                          f"valid: {', '.join(sorted(named - {'self'}))}")
 
 
 def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str, **components):
@@ -96,6 +108,7 @@ def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str, **componen
     kwargs.update(components)
     quiet_hub_progress()
     pipe = cls.from_pretrained(cfg.model_id, **kwargs)
+    check_call_kwargs(cfg, type(pipe))  # an Auto class resolves to its pipeline only here
     if cfg.scheduler:
         sched_cls = getattr(diffusers, cfg.scheduler)
         pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **cfg.scheduler_kwargs)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from fakeforge.config import ConfigError
 from generators.base import Generator, GenRequest, GenResult, SampleError, array_to_pil
-from generators.checkpoint_file import CheckpointFileConfig
+from generators.checkpoint_file import RUN_DTYPE, CheckpointFileConfig
 from generators.masks import MaskConfig, check_mask, make_mask, resize_mask
 from generators.source_image import (
     PREPARE_ERRORS,
@@ -113,14 +113,15 @@ def load_torchscript(path: Path, device: str):
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is of the wrong kind
         raise ConfigError(f"'{path}' is not a TorchScript archive ({type(exc).__name__}: {str(exc)[:200]}). "
                           f"LaMa needs the traced big-lama.pt. {LAMA_HELP}") from None
-    return model.eval()
+    return model.float().eval()  # LaMa runs in float32 (RUN_DTYPE), whatever the file holds
 
 
 @dataclass
 class LamaConfig(CheckpointFileConfig):
     """LaMa settings.
 
-    model_path: big-lama.pt (or a folder holding it); else model_id (set by --tiny), else $FAKEFORGE_LAMA_MODEL.
+    model_path: big-lama.pt (or a folder holding it); model_id (set by --tiny to the twin folder) takes
+        precedence, $FAKEFORGE_LAMA_MODEL is the fallback. dtype: auto or float32 (LaMa runs in float32).
     mask: see generators.masks.MaskConfig.
     pad_mode: "symmetric" (what simple-lama-inpainting does) or "reflect".
     min_size: sources whose shorter side is smaller are skipped with a recorded reason.
@@ -197,4 +198,5 @@ class LamaInpaint(Generator):
     def settings(self) -> dict:
         data = super().settings()
         data["model_file"] = str(getattr(self, "model_file", "")) or None
+        data["dtype_resolved"] = RUN_DTYPE
         return data

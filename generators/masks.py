@@ -6,7 +6,9 @@ Strategies (all return a uint8 HxW array, 255 = region to inpaint):
          defined at 512 px and scaled to the image), added until the area reaches a target drawn
          uniformly in [min_area, max_area].
   coco   one COCO object from `instances_*.json` (polygon, uncompressed or compressed RLE), chosen
-         among the image's objects whose mask covers [min_area, max_area] of the image.
+         among the image's objects whose mask covers [min_area, max_area] of the image. Polygons are
+         rasterised by pycocotools, as the COCO API does; RLE is decoded here after checking that its
+         runs add up to the image size (pycocotools' decoder trusts them).
 A mask that is empty or covers the whole image is never returned. A strategy that cannot meet the
 bounds falls back to `fallback` (recorded in the info) or raises `SampleError` with the reason.
 The random stream is derived from the request seed, so a sample's mask is reproducible and
@@ -234,14 +236,23 @@ def rle_decode(rle: dict) -> np.ndarray:
 
 
 def polygons_decode(polygons: list, h: int, w: int) -> np.ndarray:
-    """COCO polygons ([[x1, y1, x2, y2, ...], ...]) -> bool HxW mask, rasterised with PIL."""
-    img = Image.new("L", (w, h), 0)
-    draw = ImageDraw.Draw(img)
+    """COCO polygons ([[x1, y1, x2, y2, ...], ...]) -> bool HxW mask, rasterised by pycocotools exactly as
+    the COCO API does (`frPyObjects` + `merge` + `decode`). Polygons with fewer than 3 points are
+    skipped; coordinates must be finite and near the image (a hostile file cannot make it allocate)."""
+    from pycocotools import mask as coco_mask_api
+
+    polys = []
     for poly in polygons:
-        pts = [(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly) - 1, 2)]
-        if len(pts) >= 3:
-            draw.polygon(pts, fill=255, outline=255)
-    return np.asarray(img) > 0
+        if not isinstance(poly, (list, tuple)) or len(poly) < 6:
+            continue  # (4 numbers would be read as a box by frPyObjects)
+        arr = np.asarray(poly[: len(poly) // 2 * 2], dtype=np.float64)
+        if not np.isfinite(arr).all() or (np.abs(arr[0::2]) > 2 * w + 2).any() or (np.abs(arr[1::2]) > 2 * h + 2).any():
+            raise ValueError(f"polygon coordinates outside the {w}x{h} image")
+        polys.append(arr.tolist())
+    if not polys:
+        return np.zeros((h, w), dtype=bool)
+    rle = coco_mask_api.merge(coco_mask_api.frPyObjects(polys, h, w))
+    return coco_mask_api.decode(rle).astype(bool)
 
 
 def segmentation_to_mask(segm, h: int, w: int) -> np.ndarray:

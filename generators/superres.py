@@ -302,6 +302,9 @@ class ImplicitSuperRes(Generator):
         return results  # type: ignore[return-value]
 
     def settings(self) -> dict:
+        from generators.checkpoint_file import RUN_DTYPE
+
         data = super().settings()
         data["model_file"] = str(getattr(self, "model_file", "")) or None
+        data["dtype_resolved"] = RUN_DTYPE
         return data

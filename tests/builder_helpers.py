@@ -32,3 +32,14 @@ def write_build_config(path: Path, output: Path, sets: list[dict], source: dict 
     cfg.update(top)
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def keys_of(out: Path) -> list[str]:
+    """Sorted sample keys of every tar under a dataset folder (read with tarfile)."""
+    import tarfile
+
+    keys = set()
+    for tar in sorted(Path(out).glob("*/*.tar")):
+        with tarfile.open(tar) as tf:
+            keys |= {m.name.split(".", 1)[0] for m in tf if m.isfile()}
+    return sorted(keys)

@@ -19,7 +19,7 @@ from fakeforge.build.config import resolve_build
 from fakeforge.build.runner import build
 from fakeforge.cli import main as cli_main
 from fakeforge.config import ConfigError
-from fakeforge.registry import UnknownNameError
+from fakeforge.locking import OutputLock
 from fakeforge.shards.reader import find_sets
 from fakeforge.shards.verify import VerifyError, verify_dataset
 
@@ -87,26 +87,33 @@ def _run_child(cfg: Path, tiny_dir: str) -> subprocess.Popen:
                              "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_resume_after_sigint_then_kill_9_gives_same_keys(tmp_path, tiny_dir):
+def test_resume_after_sigint_sigterm_and_kill_9_gives_same_keys(tmp_path, tiny_dir):
+    """Ctrl-C (exit 130) and SIGTERM (exit 143) drop the unfinished shard cleanly, with one log line and no
+    temp file; kill -9 leaves debris that the rerun clears. The rerun gives the keys of a clean build."""
     sets = [{"name": "sd2", "generator": {"preset": "sd2", "batch_size": 1}}]
     source = {"kind": "demo", "limit": 10}
     clean = write_build_config(tmp_path / "clean.yaml", tmp_path / "clean", sets, source, shards={"max_count": 1})
     _build(clean, tiny_dir)
     cfg = write_build_config(tmp_path / "k.yaml", tmp_path / "killed", sets, source, shards={"max_count": 1})
     set_dir = tmp_path / "killed" / "sd2"
-    for sig, wanted in ((signal.SIGINT, 2), (signal.SIGKILL, 4)):
+    for sig, wanted, code, line in ((signal.SIGINT, 2, 130, "interrupted (Ctrl-C)"),
+                                    (signal.SIGTERM, 4, 143, "terminated (SIGTERM)"), (signal.SIGKILL, 6, -9, None)):
         child = _run_child(cfg, tiny_dir)
         deadline = time.time() + 120
         while time.time() < deadline and len(list(set_dir.glob("*.stats.json"))) < wanted:
             time.sleep(0.02)
         child.send_signal(sig)
-        child.wait(timeout=60)
+        out, _ = child.communicate(timeout=60)
         done = len(list(set_dir.glob("*.stats.json")))
         assert wanted <= done < 10, f"the child should die mid-build (done shards: {done})"
+        assert child.returncode == code, out.decode()[-2000:]
         assert not (tmp_path / "killed" / "manifest.json").exists()
-    child = _run_child(cfg, tiny_dir)
-    out, _ = child.communicate(timeout=300)
-    assert child.returncode == 0, out.decode()[-2000:]
+        if line:
+            text = out.decode()
+            assert text.count(line) == 1 and "Traceback" not in text, text[-2000:]
+            assert not list((tmp_path / "killed").rglob("*.tmp")), "no temp file after a clean stop"
+    summary = _build(cfg, tiny_dir)                       # the rerun (in-process: one interpreter start less)
+    assert summary["shards_skipped"] >= 6 and summary["written"] == 10 - summary["shards_skipped"]
     assert verify_dataset(tmp_path / "killed")["samples"] == 10
     assert _keys_and_bytes(tmp_path / "killed").keys() == _keys_and_bytes(tmp_path / "clean").keys()
     assert not list((tmp_path / "killed").rglob("*.tmp"))
@@ -139,7 +146,7 @@ def test_corrupt_source_image_is_recorded_not_fatal(tmp_path, tiny_dir):
     captions, images = write_coco(tmp_path / "coco", n=4)
     (images / "000000000002.jpg").write_bytes(b"")  # zero-byte image
     src = {"kind": "coco", "captions_file": str(captions), "images_dir": str(images)}
-    cfg = write_build_config(tmp_path / "r.yaml", tmp_path / "r", SETS[:1], src)
+    cfg = write_build_config(tmp_path / "r.yaml", tmp_path / "r", SETS[:1], src, max_failed_fraction=0.25)
     summary = _build(cfg, tiny_dir)
     assert summary["written"] == 3 and summary["failed"] == 1
     stats = json.loads((tmp_path / "r" / "real" / "000000.stats.json").read_text())
@@ -174,18 +181,21 @@ def test_bad_inputs_stop_before_any_model_loads(tmp_path, tiny_dir, capsys):
     with pytest.raises(ConfigError, match="2 of 2 images .* do not exist, e.g. '.*elsewhere"):
         _build(cfg(source={"kind": "coco", "captions_file": str(captions), "images_dir": str(tmp_path / "elsewhere")}),
                tiny_dir)
-    with pytest.raises(UnknownNameError, match="unknown generator 'sd5'.*Valid generators"):
+    with pytest.raises(ConfigError, match=r"^sets.0.generator \(set 'x'\): unknown generator 'sd5'.*Valid generators"):
         resolve_build(cfg(sets=[{"name": "x", "generator": "sd5"}]))
     with pytest.raises(ConfigError, match="unknown scheduler 'Nope'"):
         resolve_build(cfg(sets=[{"name": "x", "generator": {"preset": "sd2", "scheduler": "Nope"}}]))
     with pytest.raises(ConfigError, match="'shards.max_count' = 'ten' must be an integer"):
         resolve_build(cfg(shards={"max_count": "ten"}))
-    with pytest.raises(ConfigError, match="'source.limit' = -3|limit"):
+    with pytest.raises(ConfigError, match=r"^--limit -3 must be a positive integer$"):
         resolve_build(cfg(), limit=-3)
     assert not (tmp_path / "o").exists(), "nothing is written for a bad config"
     assert cli_main(["build", "--config", cfg(sets=[{"name": "x", "generator": "sd5"}])]) == 2
     assert "unknown generator 'sd5'" in capsys.readouterr().err
-    assert cli_main(["validate", "--tiny"]) == 0
+    from fakeforge.config import CONFIG_ROOT
+
+    shipped = sorted(str(p) for p in (CONFIG_ROOT / "generators").glob("*.yaml"))  # every preset on its twin
+    assert cli_main(["validate", "--tiny", str(CONFIG_ROOT / "build" / "default.yaml"), *shipped]) == 0
 
 
 def test_two_processes_write_disjoint_shards_with_the_same_keys(tmp_path, tiny_dir):
@@ -194,9 +204,15 @@ def test_two_processes_write_disjoint_shards_with_the_same_keys(tmp_path, tiny_d
     _build(one, tiny_dir)
     two = write_build_config(tmp_path / "two.yaml", tmp_path / "two", SETS)
     env = dict(os.environ, FAKEFORGE_TINY_DIR=tiny_dir, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           str(ROOT / "build_dataset.py"), "--config", str(two), "--tiny", "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(ROOT / "build_dataset.py"),
+              "--config", str(two), "--tiny", "--no-progress"]
+    with OutputLock(tmp_path / "two", "build"):  # another job holds the folder: every rank of this one exits
+        proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    message = f"fakeforge build: error: output folder '{tmp_path / 'two'}' is in use by build (pid {os.getpid()} on "
+    assert proc.stderr.count(message) == 2, proc.stderr[-3000:]       # rank 0 and rank 1
+    assert not list((tmp_path / "two").glob("*/*.tar")) and not (tmp_path / "two" / "build_config.yaml").exists()
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two").glob("*/*.stats.json")}
     assert ranks == {0, 1}

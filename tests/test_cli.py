@@ -8,11 +8,32 @@ import sys
 from fakeforge.cli import main
 
 
+def _sections(text: str) -> dict[str, list[str]]:
+    """`fakeforge ls` output -> section title -> the names in its rows."""
+    sections: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("  "):
+            sections[title].append(line.split()[0])
+        else:
+            title = line.rstrip(":").split(" (")[0]
+            sections[title] = []
+    return sections
+
+
 def test_ls_lists_presets_types_builds_and_twins(capsys):
+    from fakeforge.config import CONFIG_ROOT
+    from fakeforge.tiny import TWINS
+    from generators import GENERATORS, preset_names
+
     assert main(["ls"]) == 0
-    out = capsys.readouterr().out
-    for name in ("sd2", "sd3", "sdxl", "text2image", "antifakeprompt_train", "default", "instructblip"):
-        assert name in out
+    sections = _sections(capsys.readouterr().out)
+    assert sections["generators"] == preset_names() and {"sd2", "sd3", "sdxl", "lama"} <= set(preset_names())
+    assert sections["generator types"] == GENERATORS.names() and "text2image" in GENERATORS.names()
+    assert sections["build configs"] == sorted(p.stem for p in (CONFIG_ROOT / "build").glob("*.yaml"))
+    assert {"antifakeprompt_train", "default"} <= set(sections["build configs"])
+    assert sections["tiny twins"] == TWINS.names() and "instructblip" in TWINS.names()
+    assert main(["ls", "builds"]) == 0
+    assert list(_sections(capsys.readouterr().out)) == ["build configs"]
 
 
 def test_tiny_models_builds_loadable_twins(tmp_path, capsys):

@@ -111,3 +111,24 @@ def test_flickr30k_karpathy_json_and_results_csv(tmp_path):
     bad.write_text("name,caption\nx.jpg,hi\n")
     with pytest.raises(ConfigError, match="header"):
         read_flickr30k(bad, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["antifakeprompt_train", "antifakeprompt_train_lama", "antifakeprompt_test",
+                                  "cocofake"])
+def test_paper_configs_store_reals_and_fakes_at_one_size_and_encoding(name):
+    """What the README promises: every set of a paper config comes out at the same size with the same final
+    encoding, whether it starts as a 640x427 COCO photo, a 500x333 Flickr photo or a 768/1024 px fake."""
+    import io
+
+    from PIL import Image
+
+    from fakeforge.build.config import resolve_build_collect
+
+    resolved, _problems = resolve_build_collect(name)             # (missing checkpoints do not matter here)
+    policy = resolved.config.image
+    outputs = set()
+    for size in ((640, 427), (427, 640), (500, 333), (768, 768), (1024, 1024)):
+        data, info = policy.encode(Image.new("RGB", size, (120, 80, 40)))
+        img = Image.open(io.BytesIO(data))
+        outputs.add((img.size, img.format, info["quality"], info["width"], info["height"]))
+    assert outputs == {((256, 256), "JPEG", 95, 256, 256)}

@@ -74,7 +74,9 @@ def test_folder_source_captions_labels_and_hostile_files(tmp_path, tiny_dir):
     (tmp_path / "prompts.csv").write_text("filename,prompt\nb.jpg,a green dog\n")
     src = {"kind": "folder", "images_dir": str(root), "label": "fake", "set_name": "DALLE-2",
            "captions_file": str(tmp_path / "prompts.csv")}
-    cfg = write_build_config(tmp_path / "b.yaml", tmp_path / "out", [{"name": "dalle2", "generator": DOWNLOAD}], src)
+    # hostile files on purpose: every failure is recorded, so the budget is lifted for this set
+    cfg = write_build_config(tmp_path / "b.yaml", tmp_path / "out", [{"name": "dalle2", "generator": DOWNLOAD}], src,
+                             max_failed_fraction=1.0)
     assert _build(cfg, tiny_dir) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["sets"]["dalle2"]["label"] == "fake" and manifest["sets"]["dalle2"]["count"] == 2
@@ -108,9 +110,9 @@ def test_frame_folders_sampling_and_videos_without_readable_frames(tmp_path):
         by_video.setdefault(r.image_id, []).append(r)
     assert [r.extra["frame_file"] for r in by_video["part0/vid_a"]] == ["frame_2.png", "frame_7.png"]
     assert [r.extra["frame_index"] for r in by_video["part0/vid_b"]] == [0, 2]
-    assert "has no readable frames" in by_video["part0/vid_empty"][0].extra["source_error"]
-    assert "found e.g. video.mp4" in by_video["part0/vid_mp4"][0].extra["source_error"]
-    assert all("no readable frames among the 2 sampled" in r.extra["source_error"] for r in by_video["part0/vid_bad"])
+    assert "has no readable frames" in by_video["part0/vid_empty"][0].error
+    assert "found e.g. video.mp4" in by_video["part0/vid_mp4"][0].error
+    assert all("no readable frames among the 2 sampled" in r.error for r in by_video["part0/vid_bad"])
     assert len(load_records(source(kind="frames", images_dir=str(root), label="fake"), tmp_path)) == 10 + 3 + 2 + 2
     assert evenly_spaced(300, 4) == [37, 112, 187, 262] and evenly_spaced(2, 5) == [0, 1]
 
@@ -155,7 +157,7 @@ def test_shard_source_reads_members_by_key_and_never_trusts_member_paths(tmp_pat
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and "w" in p.parts)
     assert all(p.parts[:3] == ("w", "_sources", "shards-some_set") for p in written), written
     assert not (tmp_path / "escape.png").exists() and not (tmp_path.parent / "escape.png").exists()
-    assert "outside the limit" in by_id["000000/bomb"].extra["source_error"]
+    assert "outside the limit" in by_id["000000/bomb"].error
     assert by_id["000000/../../escape"].image_path.endswith("000000_______escape.png")
     assert Image.open(by_id["000000/sub/s2"].image_path).getpixel((0, 0)) == (1, 2, 3)
 
@@ -169,7 +171,7 @@ def test_oversized_archive_member_is_refused_before_it_is_read(tmp_path, monkeyp
         _add(tf, "big.png", png_bytes(size=(64, 64)))
     monkeypatch.setattr(downloads, "MAX_IMAGE_BYTES", 100)
     (rec,) = load_records(source(kind="shards", images_dir=str(root), label="fake"), tmp_path / "w")
-    assert "more than the 100 byte limit" in rec.extra["source_error"] and rec.image_path is None
+    assert "more than the 100 byte limit" in rec.error and rec.image_path is None
 
 
 def write_diffusiondb(root, rows, parts):
@@ -200,7 +202,7 @@ def test_diffusiondb_parquet_and_zip_parts(tmp_path, tiny_dir):
     recs = load_records(source(**src), tmp_path / "w")
     assert sorted(r.image_id for r in recs) == ["aa", "bb", "cc", "dd"]                 # part 2 is absent
     cfg = write_build_config(tmp_path / "b.yaml", tmp_path / "out", [{"name": "diffusiondb", "generator": DOWNLOAD}],
-                             src)
+                             src, max_failed_fraction=1.0)
     assert _build(cfg, tiny_dir) == 0
     metas = {json.loads(s["json"])["source_image_id"]: json.loads(s["json"])
              for s in _samples(tmp_path / "out", "diffusiondb").values()}
@@ -249,9 +251,10 @@ def test_bad_download_source_configs(kw, match):
         source(**kw)
 
 
-def test_download_generator_needs_a_labelled_source(tmp_path, tiny_dir):
+def test_download_generator_needs_a_labelled_source(tmp_path, tiny_dir, capsys):
+    """A configuration error, found before any work (it would fail every sample)."""
     cfg = write_build_config(tmp_path / "b.yaml", tmp_path / "out", [{"name": "x", "generator": DOWNLOAD}],
                              {"kind": "demo", "limit": 1})
-    assert _build(cfg, tiny_dir) == 0
-    (error,) = _failures(tmp_path / "out", "x").values()
-    assert "needs a downloaded-set source with a label" in error
+    assert _build(cfg, tiny_dir) == 2
+    assert "needs a downloaded-set source with a label" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

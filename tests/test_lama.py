@@ -181,3 +181,28 @@ def test_wrong_kind_of_file_is_a_config_error(tmp_path, kind):
     match = "without big-lama's call contract" if kind == "wrong_contract" else "is not a TorchScript archive"
     with pytest.raises(ConfigError, match=match):
         cls(cfg, "cpu").load()
+
+
+def test_checkpoint_precedence_tiny_twin_then_model_path_then_env(twin, tmp_path, monkeypatch):
+    """As the docstrings say: model_id (the twin folder --tiny sets) > model_path > $FAKEFORGE_LAMA_MODEL."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "big-lama.pt").write_bytes((twin / "big-lama.pt").read_bytes())
+    env_file = tmp_path / "env-lama.pt"
+    env_file.write_bytes((twin / "big-lama.pt").read_bytes())
+    monkeypatch.setenv("FAKEFORGE_LAMA_MODEL", str(env_file))
+    _, tiny_cfg = generator_config({**load_preset("lama"), "model_path": str(other)}, tiny=True,
+                                   tiny_root=twin.parent)
+    assert tiny_cfg.checkpoint_path() == twin / "big-lama.pt"
+    _, cfg = generator_config({**load_preset("lama"), "model_path": str(other)})
+    assert cfg.checkpoint_path() == other / "big-lama.pt"
+    _, cfg = generator_config(load_preset("lama"))
+    assert cfg.checkpoint_path() == env_file
+
+
+def test_runs_in_float32_and_says_so(twin):
+    gen = make_gen(twin)
+    assert gen.settings()["dtype_resolved"] == "float32"
+    assert all(p.dtype == torch.float32 for p in gen.runner.model.parameters())
+    with pytest.raises(ConfigError, match=r"^'?generator.dtype = 'float16': generator type 'lama' runs in float32"):
+        make_gen(twin, dtype="float16")

@@ -171,3 +171,10 @@ def test_missing_checkpoint_message(monkeypatch):
     monkeypatch.delenv("FAKEFORGE_LIIF_MODEL", raising=False)
     with pytest.raises(MissingCheckpointError, match="edsr-baseline-liif.pth.*yinboc/liif"):
         generator_config(load_preset("liif_x4"))
+
+
+def test_runs_in_float32_and_says_so(gen, tiny_dir):
+    assert gen.settings()["dtype_resolved"] == "float32"
+    assert all(p.dtype == torch.float32 for p in gen.model.parameters())
+    with pytest.raises(ConfigError, match=r"generator.dtype = 'bfloat16': generator type 'liif' runs in float32"):
+        generator_config({**load_preset("liif_x4"), "dtype": "bfloat16"}, tiny=True, tiny_root=tiny_dir)

@@ -125,9 +125,16 @@ def test_rle_uncompressed_is_column_major():
         rle_decode({"size": [3, 4], "counts": [1, 2, 8]})
 
 
-def test_polygon_decoding():
-    m = polygons_decode([[2, 2, 12, 2, 12, 8, 2, 8]], 20, 30)     # a 10x6 rectangle (PIL fills the outline too)
-    assert m.shape == (20, 30) and 60 <= m.sum() <= 77 and m[5, 7] and not m[15, 20]
+def test_polygon_decoding_matches_the_coco_api():
+    m = polygons_decode([[2, 2, 12, 2, 12, 8, 2, 8]], 20, 30)     # a 10x6 rectangle with integer corners
+    expect = np.zeros((20, 30), bool)
+    expect[2:8, 2:12] = True                                     # COCO fills exactly 10x6 pixels (a PIL fill: 11x7)
+    assert np.array_equal(m, expect)
+    tri = polygons_decode([[0, 0, 10, 0, 0, 10], [20, 5, 25, 5]], 12, 30)  # a 2-point polygon is skipped
+    assert np.array_equal(tri, polygons_decode([[0, 0, 10, 0, 0, 10]], 12, 30))
+    assert tri.sum() == 45 and tri[0, 0] and not tri[9, 9]       # the COCO API's 45 pixels for this triangle
+    with pytest.raises(ValueError, match="outside the 30x20 image"):
+        polygons_decode([[0, 0, 1e12, 0, 0, 5]], 20, 30)
 
 
 def _instances(tmp_path, anns, w=40, h=30):

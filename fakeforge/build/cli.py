@@ -15,7 +15,9 @@ BUILD_EPILOG = """examples:
   fakeforge build --config antifakeprompt_train --limit 100 --tiny   # dry-run the paper recipe
   fakeforge build --config configs/build/my.yaml --set sets.1.generator.num_inference_steps=30
   accelerate launch build_dataset.py --config antifakeprompt_test   # one process per GPU
-Rerun the same command to resume: finished shards are skipped."""
+Rerun the same command to resume: finished shards are skipped, broken ones redone.
+Exit codes: 0 complete, 1 build failed (see the summary), 2 bad configuration or folder in use,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +32,45 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. source.limit=100 (repeatable)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also redo finished shards that recorded failed samples")
+    parser.add_argument("--verify-existing", action="store_true",
+                        help="check the sha256 of every finished shard before skipping it (default: sizes only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.epilog = BUILD_EPILOG
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import build
+    import errno
 
+    from fakeforge.build.config import resolve_build
+    from fakeforge.build.runner import BuildFailed, Terminated, build, install_sigterm_handler
+
+    install_sigterm_handler()
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir)
-    summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed)
+    try:
+        summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed,
+                        verify_existing=args.verify_existing)
+    except BuildFailed as exc:
+        for line in str(exc).splitlines():
+            print(f"fakeforge build: error: {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Terminated:
+        return 143
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        import shutil
+
+        where = Path(exc.filename or resolved.output)
+        try:
+            free = f"{shutil.disk_usage(where if where.is_dir() else where.parent).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        print(f"fakeforge build: error: disk full writing '{where}' ({free}); free some space and rerun the same "
+              "command to resume", file=sys.stderr)
+        return 1
     if summary.get("manifest") is not None:
         print(f"wrote {resolved.output} ({sum(v['count'] for v in summary['manifest'].values())} samples); "
               f"check it with: fakeforge verify {resolved.output}")
@@ -56,40 +86,29 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    """Check build configs and generator presets without loading any model; exit 1 if any is invalid.
+    """Check build configs and generator presets without loading any model; exit 1 if any has a problem.
 
-    A YAML with a top-level `type:` is a generator preset, anything else a build config."""
-    from fakeforge.build.config import resolve_build
-    from fakeforge.config import CONFIG_ROOT, load_yaml
-    from fakeforge.registry import UnknownNameError
-    from generators import PRESET_DIR, generator_config, resolve_generator_spec
-    from generators.checkpoint_file import MissingCheckpointError
-
-    def check_build(target: str) -> str:
-        r = resolve_build(target, tiny=args.tiny)
-        return f"sets {', '.join(s.name for s in r.sets)} (config_hash {r.hash})"
-
-    def check_preset(target: str) -> str:
-        generator_config(resolve_generator_spec(load_yaml(target)), tiny=args.tiny)
-        return ""
+    Every config and every set is checked; each problem is printed on its own line with its dotted key."""
+    from fakeforge.build.validate import validate_target
+    from fakeforge.config import CONFIG_ROOT
+    from generators import PRESET_DIR
 
     targets = args.configs or [str(p) for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))
                                + sorted(PRESET_DIR.glob("*.yaml"))]
-    failures = 0
+    failed = 0
     for target in targets:
-        kind = "build "
-        try:
-            raw = load_yaml(target) if Path(target).is_file() else {}
-            if "type" in raw and "sets" not in raw:
-                kind = "preset"
-            detail = check_preset(target) if kind == "preset" else check_build(target)
-            print(f"ok   {kind} {target}{': ' + detail if detail else ''}")
-        except MissingCheckpointError as exc:  # a file this machine lacks, not a config mistake
-            print(f"ok   {kind} {target} (checkpoint not found here: {exc})")
-        except (ConfigError, UnknownNameError, FileNotFoundError) as exc:
-            failures += 1
-            print(f"FAIL {target}: {exc}", file=sys.stderr)
-    return 1 if failures else 0
+        report = validate_target(target, args.tiny)
+        if report.problems:
+            failed += 1
+            for problem in report.problems:
+                print(f"FAIL {report.kind:6s} {target}: {problem}", file=sys.stderr)
+        else:
+            print(f"ok   {report.kind:6s} {target}{': ' + report.detail if report.detail else ''}")
+        for note in report.notes:
+            print(f"note {report.kind:6s} {target}: {note}")
+    if failed:
+        print(f"{failed} of {len(targets)} config(s) have problems", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_ls_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,12 +24,13 @@ from fakeforge.config import (
     to_dict,
 )
 from fakeforge.images import ImagePolicy
+from fakeforge.registry import UnknownNameError
 from fakeforge.sources import SourceConfig, missing_data
 
 log = logging.getLogger("fakeforge.build")
 
 DEFAULT_BUILD = "default"
-_SET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+_SET_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @dataclass
@@ -57,12 +58,17 @@ class SetConfig:
 
     def validate(self) -> None:
         if not _SET_NAME.match(self.name):
-            raise ValueError(f"set name '{self.name}' may only contain letters, digits, '_' and '-'")
+            raise ValueError(f"set name {self.name!r} may only contain letters, digits and '_' (it is a folder "
+                             "name and the first part of every key, '<set>-<image id>-<caption id>')")
 
 
 @dataclass
 class BuildConfig:
-    """Top-level build config (see configs/build/default.yaml for a commented example)."""
+    """Top-level build config (see configs/build/default.yaml for a commented example).
+
+    max_failed_fraction: a set whose failed samples exceed this fraction fails the build (non-zero
+        exit, and `verify` rejects it); 1.0 accepts any number of failures.
+    """
 
     output: str = "runs/demo"
     seed: int = 0
@@ -71,11 +77,18 @@ class BuildConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     sets: list[SetConfig] = field(default_factory=list)
     num_workers: int = 4
+    max_failed_fraction: float = 0.05
     description: str = ""
 
     def validate(self) -> None:
+        if not self.output.strip():
+            raise ValueError("output = '' must name a folder (an empty output would write into the current folder)")
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction = {self.max_failed_fraction} must be within [0, 1]")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers = {self.num_workers} must be >= 1")
         if not self.sets:
-            raise ValueError("a build config needs at least one entry under 'sets'")
+            raise ValueError("sets = []: a build config needs at least one entry under 'sets'")
         names = [s.name for s in self.sets]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -110,17 +123,8 @@ class ResolvedBuild:
         return Path(self.config.output)
 
 
-def _normalise_sets(raw: dict) -> dict:
-    """`generator: sd2` -> `generator: {preset: sd2}`, so overrides like sets.1.generator.num_inference_steps=30
-    can reach into a set named by preset."""
-    for s in raw.get("sets") or []:
-        if isinstance(s, dict) and isinstance(s.get("generator"), str):
-            s["generator"] = {"preset": s["generator"]}
-    return raw
-
-
 #: what a set whose source is of another kind keeps from the common source: the selection policy, not its files
-_SELECTION_KEYS = ("limit", "seed", "captions_per_image", "require_images")
+_SELECTION_KEYS = ("limit", "seed", "captions_per_image", "require_images", "image_limits")
 
 
 def _inherited_source(common: SourceConfig, override: dict) -> dict:
@@ -129,6 +133,15 @@ def _inherited_source(common: SourceConfig, override: dict) -> dict:
     if override.get("kind", common.kind) != common.kind:
         data = {k: v for k, v in data.items() if k in _SELECTION_KEYS}
     return data
+
+
+def _normalise_sets(raw: dict) -> dict:
+    """`generator: sd2` -> `generator: {preset: sd2}`, so overrides like sets.1.generator.num_inference_steps=30
+    can reach into a set named by preset."""
+    for s in raw.get("sets") or []:
+        if isinstance(s, dict) and isinstance(s.get("generator"), str):
+            s["generator"] = {"preset": s["generator"]}
+    return raw
 
 
 def _generator_label(spec: Any) -> str:
@@ -141,30 +154,62 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
                   limit: int | None = None, output: str | None = None, tiny_root: str | None = None
                   ) -> ResolvedBuild:
     """Load a build config (a path or a name under configs/build/; None = the embedded default),
-    apply `key=value` overrides, `limit` and `output`, and validate every set's generator config."""
+    apply `key=value` overrides, `limit` and `output`, and validate every set's generator config.
+
+    Raises one ConfigError listing every problem found (each naming its dotted key)."""
+    resolved, problems = resolve_build_collect(config, overrides, tiny=tiny, limit=limit, output=output,
+                                               tiny_root=tiny_root)
+    if problems:
+        raise ConfigError(problems=problems)
+    return resolved
+
+
+def resolve_build_collect(config: str | Path | None = None, overrides: list[str] | None = None, *,
+                          tiny: bool = False, limit: int | None = None, output: str | None = None,
+                          tiny_root: str | None = None) -> tuple[ResolvedBuild | None, list[str]]:
+    """Like `resolve_build`, but returns (resolved build or None, problems) and checks every set even
+    when an earlier one is broken. The resolved build holds only the sets without problems."""
     from generators import generator_config, resolve_generator_spec
 
     path = resolve_named_config(config or DEFAULT_BUILD, "build")
     raw = apply_overrides(_normalise_sets(load_yaml(path)), overrides)
+    problems: list[str] = []
     if limit is not None:
         if limit < 1:
             raise ConfigError(f"--limit {limit} must be a positive integer")
-        raw.setdefault("source", {})["limit"] = limit
+        if isinstance(raw.setdefault("source", {}), dict):
+            raw["source"]["limit"] = limit
         for s in raw.get("sets") or []:
             if isinstance(s, dict) and isinstance(s.get("source"), dict) and "limit" in s["source"]:
                 s["source"]["limit"] = limit
     if output is not None:
         raw["output"] = output
-    cfg: BuildConfig = from_dict(BuildConfig, raw)
+    try:
+        cfg: BuildConfig = from_dict(BuildConfig, raw)
+    except ConfigError as exc:
+        return None, exc.problems
     resolved, skipped = [], []
     for i, s in enumerate(cfg.sets):
-        source = from_dict(SourceConfig, deep_merge(_inherited_source(cfg.source, s.source), s.source),
-                           f"sets.{i}.source")
-        gen_raw = resolve_generator_spec(s.generator)
+        where = f"sets.{i}"
+        before = len(problems)
         try:
-            cls, gcfg = generator_config(gen_raw, tiny=tiny, tiny_root=tiny_root)
+            source = from_dict(SourceConfig, deep_merge(_inherited_source(cfg.source, s.source), s.source),
+                               f"{where}.source")
         except ConfigError as exc:
-            raise type(exc)(f"set '{s.name}': {exc}") from None
+            problems += [_in_set(line, f"{where}.source", s.name) for line in exc.problems]
+        try:
+            gen_raw = resolve_generator_spec(s.generator)
+            cls, gcfg = generator_config(gen_raw, tiny=tiny, tiny_root=tiny_root, path=f"{where}.generator")
+        except (ConfigError, UnknownNameError) as exc:
+            lines = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            problems += [_in_set(line, f"{where}.generator", s.name) for line in lines]
+        if len(problems) > before:
+            continue
+        if getattr(cls, "label_from_source", False) and not source.label:
+            problems.append(f"{where}.source (set '{s.name}'): generator type '{gcfg.type}' passes downloaded images "
+                            "through and needs a downloaded-set source with a label (source.kind folder, shards, "
+                            "diffusiondb or frames, and source.label real/fake)")
+            continue
         model_label = gen_raw.get("model_id")
         if tiny and gen_raw.get("tiny_twin"):
             model_label = f"tiny-twin:{gen_raw['tiny_twin']} (of {gen_raw.get('model_id')})"
@@ -178,13 +223,21 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
                "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r)}
                         for r in resolved]}
     built = [r for r in resolved if r.name not in skipped]
-    if not built:
-        raise ConfigError(f"every set of this build was skipped: the data of the optional sets {skipped} is absent")
-    return ResolvedBuild(cfg, built, tiny, config_hash(content), raw, tiny_root, skipped)
+    if resolved and not built:
+        problems.append(f"every set of this build was skipped: the data of the optional sets {skipped} is absent")
+    return ResolvedBuild(cfg, built, tiny, config_hash(content), raw, tiny_root, skipped), problems
+
+
+def _in_set(line: str, where: str, name: str) -> str:
+    """A set's problem, prefixed with its dotted key and name unless the line already starts with them."""
+    if line.startswith((where, f"'{where}")):
+        return f"{line} (set '{name}')"
+    return f"{where} (set '{name}'): {line}"
 
 
 def _source_identity(src: SourceConfig) -> dict:
     data = to_dict(src)
+    data.pop("image_limits", None)  # limits decide which samples fail, not what a sample is (--retry-failed)
     for k in ("captions_file", "images_dir"):  # the folder may move; the content stays
         if data.get(k):
             data[k] = Path(data[k]).name

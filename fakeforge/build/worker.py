@@ -2,32 +2,48 @@
 
 Three stages overlap so the accelerator is never idle on I/O: while batch k is being generated,
 batch k+1's source images are decoded and batch k-1 is encoded and appended to the tar.
+
+A failure of one sample (its source image, its caption, a NaN output) is recorded and the shard goes
+on. A write error is not a sample's failure: the tar stream may be misaligned, so the whole shard is
+dropped (`ShardWriteError`) and left unfinished for the next run.
 """
 from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Callable
 
 from fakeforge.build.plan import ShardJob, sample_key, sample_seed
-from fakeforge.images import ImageLoadError, ImagePolicy, encode_mask, load_rgb
+from fakeforge.images import ImageLimits, ImageLoadError, ImagePolicy, encode_mask, load_rgb
 from fakeforge.shards.writer import ShardSink
 from fakeforge.sources import Record
 from generators.base import Generator, GenRequest, GenResult
 
 
-def _prepare(records: list[Record], set_name: str, base_seed: int, needs_image: bool
-             ) -> list[tuple[GenRequest, str | None]]:
-    """Requests for a batch; a source image that cannot be read becomes that sample's error."""
+@dataclass
+class BatchReport:
+    """What happened to one batch: its size, how many samples were made, how many failed on their
+    input (source image, caption), and the generator's errors for the others."""
+
+    size: int
+    ok: int
+    input_failed: int
+    generator_errors: list[str] = field(default_factory=list)
+
+
+def _prepare(records: list[Record], set_name: str, base_seed: int, needs_image: bool,
+             limits: ImageLimits | None = None) -> list[tuple[GenRequest, str | None]]:
+    """Requests for a batch; a source image that cannot be read, or a bad caption, becomes that sample's error."""
     out = []
     for rec in records:
         req = GenRequest(key=sample_key(set_name, rec), prompt=rec.caption, seed=sample_seed(set_name, rec, base_seed),
                          source_image_id=rec.image_id,
                          meta={"image_id": rec.image_id, "caption_id": rec.caption_id, **rec.extra})
-        error = rec.extra.get("source_error") if needs_image else None  # a downloaded image that failed its checks
+        error = rec.error
         if needs_image and error is None:
             try:
-                req.image = load_rgb(rec.image_path) if rec.image_path else None
+                req.image = load_rgb(rec.image_path, limits) if rec.image_path else None
                 if req.image is None:
                     error = "record has no image path"
                 else:
@@ -55,8 +71,11 @@ def _sample(req: GenRequest, res: GenResult, policy: ImagePolicy, common: dict) 
 
 def run_shard(job: ShardJob, generator: Generator, set_dir, policy: ImagePolicy, *, base_seed: int,
               common_meta: dict, header: dict, max_size_bytes: int, pool: ThreadPoolExecutor,
-              on_batch: Callable[[int, int], None] | None = None) -> dict:
-    """Make and write every sample of `job`; returns the shard stats (also written as the done-marker)."""
+              limits: ImageLimits | None = None, on_batch: Callable[[BatchReport], None] | None = None) -> dict:
+    """Make and write every sample of `job`; returns the shard stats (also written as the done-marker).
+
+    Raises `ShardWriteError` (the shard dropped) when writing fails; anything `on_batch` raises stops
+    the shard the same way (nothing of it stays)."""
     sink = ShardSink(set_dir, job.index, max_size_bytes, header)
     bs = generator.config.batch_size
     batches = [job.records[i:i + bs] for i in range(0, len(job.records), bs)]
@@ -64,34 +83,41 @@ def run_shard(job: ShardJob, generator: Generator, set_dir, policy: ImagePolicy,
     gen_seconds = 0.0
 
     def write(prepared, results):
-        ok = 0
         for (req, _), res in zip(prepared, results):
             if res.error is not None or res.image is None:
                 sink.fail(req.key, res.error or "generator returned no image")
                 continue
             try:
-                sink.write(_sample(req, res, policy, common_meta))
-                ok += 1
-            except (ValueError, OSError) as exc:
+                sample = _sample(req, res, policy, common_meta)
+            except (ValueError, OSError) as exc:  # encoding this image failed (in memory): its own error
                 sink.fail(req.key, f"{type(exc).__name__}: {exc}")
-        return ok
+                continue
+            sink.write(sample)  # ShardWriteError propagates: the shard is dropped
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
     try:
-        next_prep = pool.submit(_prepare, batches[0], job.set_name, base_seed, needs_image) if batches else None
+        next_prep = pool.submit(_prepare, batches[0], job.set_name, base_seed, needs_image, limits) \
+            if batches else None
         writes: list[Future] = []
         for b in range(len(batches)):
             prepared = next_prep.result()
             if b + 1 < len(batches):
-                next_prep = pool.submit(_prepare, batches[b + 1], job.set_name, base_seed, needs_image)
+                next_prep = pool.submit(_prepare, batches[b + 1], job.set_name, base_seed, needs_image, limits)
             todo = [req for req, err in prepared if err is None]
             start = time.perf_counter()
             made = iter(generator.generate_safe(todo) if todo else [])
             gen_seconds += time.perf_counter() - start
             results = [next(made) if err is None else GenResult(error=err) for _, err in prepared]
+            for w in writes:  # a failed write stops the shard now, not after every batch is generated
+                if w.done() and w.exception() is not None:
+                    w.result()
             writes.append(writer.submit(write, prepared, results))
             if on_batch:
-                on_batch(len(prepared), sum(r.error is None for r in results))
+                input_failed = sum(err is not None for _, err in prepared)
+                gen_errors = [r.error or "generator returned no image" for (_, err), r in zip(prepared, results)
+                              if err is None and (r.error is not None or r.image is None)]
+                on_batch(BatchReport(len(prepared), len(prepared) - input_failed - len(gen_errors), input_failed,
+                                     gen_errors))
         for w in writes:
             w.result()
         return sink.close({"generate_seconds": round(gen_seconds, 3)})

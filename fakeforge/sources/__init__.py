@@ -66,8 +66,8 @@ def missing_data(cfg: SourceConfig) -> str | None:
 
 def check_images_exist(records: list[Record], what: str) -> None:
     """Abort (before any model loads) when selected records have no image file. Records that already carry
-    a `source_error` (a downloaded image that failed its checks) are per-sample failures, not aborts."""
-    missing = [r.image_path for r in records if not r.extra.get("source_error")
+    an `error` (e.g. a downloaded image that failed its checks) are per-sample failures, not aborts."""
+    missing = [r.image_path for r in records if not r.error
                and (not r.image_path or not Path(r.image_path).is_file())]
     if missing:
         shown = ", ".join(f"'{m}'" for m in missing[:3])

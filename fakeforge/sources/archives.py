@@ -28,7 +28,6 @@ from fakeforge.images import ImageLoadError
 from fakeforge.sources import downloads
 from fakeforge.sources.base import Record, SourceConfig
 from fakeforge.sources.downloads import (
-    SOURCE_ERROR,
     check_image_header,
     download_extra,
     materialize_folder,
@@ -238,4 +237,4 @@ def materialize(records: list[Record], cfg: SourceConfig, workdir) -> list[Recor
     return records
 
 
-__all__ = ["SOURCE_ERROR", "materialize", "read_diffusiondb", "read_shards"]
+__all__ = ["materialize", "read_diffusiondb", "read_shards"]

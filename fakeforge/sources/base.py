@@ -5,16 +5,27 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fakeforge.images import ImageLimits
+
 
 @dataclass(frozen=True)
 class Record:
-    """One (image, caption) pair of a real source dataset."""
+    """One (image, caption) pair of a real source dataset. `error` marks a record that is planned (it
+    keeps its key) but fails as a sample, e.g. a caption that is not a non-empty string."""
 
     image_id: str
     caption_id: str
     caption: str
     image_path: str | None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    error: str | None = field(default=None, compare=False, hash=False)
+
+
+def caption_text(value) -> tuple[str, str | None]:
+    """(normalised caption, None) for a non-empty string; ("", reason) for anything else (a per-sample error)."""
+    if isinstance(value, str) and value.strip():
+        return " ".join(value.split()), None
+    return "", f"caption {value!r} is not a non-empty string"
 
 
 @dataclass
@@ -34,6 +45,9 @@ class SourceConfig:
         in every sample's metadata by the `download` generator.
     frames_per_video ("frames"): evenly spaced frames taken from each video (None = every frame);
         `limit` then counts videos.
+    require_images: check at plan time that every selected image file exists (sets that need them).
+    image_limits: resource limits checked from each source image's header before it is decoded
+        (see fakeforge.images.ImageLimits); a source image over them is that sample's error.
     """
 
     kind: Literal["coco", "flickr30k", "demo", "folder", "shards", "diffusiondb", "frames"] = "demo"
@@ -44,6 +58,7 @@ class SourceConfig:
     seed: int = 0
     captions_per_image: Literal[1, "all"] = 1
     require_images: bool = True
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
     # downloaded sets (fakeforge/sources/downloads.py)
     label: Literal["real", "fake"] | None = None
     set_name: str | None = None

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fakeforge.config import ConfigError
-from fakeforge.sources.base import Record
+from fakeforge.sources.base import Record, caption_text
 
 
 def read_coco_captions(captions_file: str | Path, images_dir: str | Path | None) -> dict[str, list[Record]]:
@@ -24,7 +24,7 @@ def read_coco_captions(captions_file: str | Path, images_dir: str | Path | None)
                           "(the captions_*2017.json layout)")
     files: dict[str, dict] = {}
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
             raise ConfigError(f"COCO captions file '{path}': images[{i}] needs 'id' and 'file_name', got {img!r}")
         files[str(img["id"])] = img
     by_image: dict[str, list[Record]] = defaultdict(list)
@@ -38,6 +38,6 @@ def read_coco_captions(captions_file: str | Path, images_dir: str | Path | None)
         info = files[image_id]
         image_path = str(Path(images_dir) / info["file_name"]) if images_dir else None
         extra = {k: info[k] for k in ("width", "height", "file_name") if k in info}
-        by_image[image_id].append(Record(image_id, str(ann["id"]), " ".join(str(ann["caption"]).split()),
-                                         image_path, extra))
+        caption, error = caption_text(ann["caption"])
+        by_image[image_id].append(Record(image_id, str(ann["id"]), caption, image_path, extra, error))
     return dict(by_image)

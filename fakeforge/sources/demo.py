@@ -19,12 +19,36 @@ SCENES = {"on a beach": ((135, 200, 235), (230, 210, 160)), "in a field": ((150,
 
 
 def write_demo_coco(root: str | Path, n_images: int = 24, seed: int = 0) -> tuple[Path, Path]:
-    """Write `root/captions_demo.json` and `root/images/*.jpg`; returns (captions_file, images_dir)."""
+    """Write `root/captions_demo.json` and `root/images/*.jpg`; returns (captions_file, images_dir).
+
+    The files are written into a private temporary folder that is renamed to `root` in one step, so
+    concurrent callers (two launches on one output folder) never see a half-written source."""
     root = Path(root)
     images_dir = root / "images"
     captions_file = root / "captions_demo.json"
     if captions_file.is_file():
         return captions_file, images_dir
+    import os
+    import shutil
+    import tempfile
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        _write_demo(tmp, n_images, seed)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not captions_file.is_file():  # not a concurrent writer that won the rename: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return captions_file, images_dir
+
+
+def _write_demo(root: Path, n_images: int, seed: int) -> None:
+    images_dir = root / "images"
+    captions_file = root / "captions_demo.json"
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     images, annotations = [], []
@@ -40,11 +64,8 @@ def write_demo_coco(root: str | Path, n_images: int = 24, seed: int = 0) -> tupl
                  f"an image of a {shape} that is {colour}"]
         for j, text in enumerate(texts):
             annotations.append({"id": image_id * 10 + j, "image_id": image_id, "caption": text})
-    tmp = captions_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"info": {"description": "fakeforge demo source"}, "images": images,
-                               "annotations": annotations}))
-    tmp.replace(captions_file)
-    return captions_file, images_dir
+    captions_file.write_text(json.dumps({"info": {"description": "fakeforge demo source"}, "images": images,
+                                         "annotations": annotations}))
 
 
 def _draw(w: int, h: int, colour, shape: str, scene, rng: random.Random) -> Image.Image:

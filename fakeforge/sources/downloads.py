@@ -2,7 +2,7 @@
 
 Every outside image is hostile until its header passed the size limits (`check_image_header`: bytes
 on disk, pixel count, a known format), checked for each *selected* record before the build starts.
-A record that fails carries `extra["source_error"]`: the builder records it as that sample's error
+A record that fails carries `Record.error`: the builder records it as that sample's error
 instead of decoding the file (per-sample failures are data). Archive members (shards, DiffusionDB
 zips, fakeforge/sources/archives.py) are read by the name the metadata gives, checked the same way and
 written under the build folder with names we make; a path stored inside an archive is never used.
@@ -16,6 +16,7 @@ Layouts (docs/download_sets.md):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -29,7 +30,6 @@ from fakeforge.sources.base import Record, SourceConfig
 #: limits every outside image must pass before it is decoded (bytes on disk, width x height)
 MAX_IMAGE_BYTES = 64 * 2**20
 MAX_IMAGE_PIXELS = 64_000_000
-SOURCE_ERROR = "source_error"
 _FILE_COLUMNS = ("file_name", "filename", "file", "image", "image_name", "image_path", "path")
 _CAPTION_COLUMNS = ("caption", "prompt", "text", "revised_prompt")
 
@@ -70,8 +70,8 @@ def check_image_header(source: str | Path | bytes, name: str | None = None) -> t
 
 
 def checked(record: Record) -> Record:
-    """The record, or a copy carrying `source_error` when its image fails the header limits."""
-    if record.extra.get(SOURCE_ERROR) or not record.image_path:
+    """The record, or a copy carrying `error` when its image fails the header limits."""
+    if record.error or not record.image_path:
         return record
     try:
         check_image_header(record.image_path)
@@ -82,8 +82,7 @@ def checked(record: Record) -> Record:
 
 def with_error(record: Record, message: str) -> Record:
     """A copy of `record` whose sample will be recorded as failed with `message`."""
-    return Record(record.image_id, record.caption_id, record.caption, record.image_path,
-                  {**record.extra, SOURCE_ERROR: message})
+    return dataclasses.replace(record, error=message)
 
 
 def download_extra(src: SourceConfig, /, **more) -> dict:
@@ -183,7 +182,7 @@ def read_frames(cfg: SourceConfig) -> dict[str, list[Record]]:
             others = sorted(p.name for p in folder.iterdir())[:3]
             msg = (f"video folder '{folder}' has no readable frames (no {', '.join(IMAGE_EXTENSIONS)} files"
                    + (f"; found e.g. {', '.join(others)})" if others else "; it is empty)"))
-            out[video_id] = [Record(video_id, "none", "", None, download_extra(cfg, **{SOURCE_ERROR: msg}))]
+            out[video_id] = [Record(video_id, "none", "", None, download_extra(cfg), error=msg)]
             continue
         picks = evenly_spaced(len(frames), cfg.frames_per_video)
         out[video_id] = [Record(video_id, f"{i:06d}", "", str(frames[i]),
@@ -200,11 +199,11 @@ def flag_unreadable_videos(records: list[Record]) -> list[Record]:
         by_video[r.image_id].append(i)
     out = list(records)
     for video, idx in by_video.items():
-        errors = [records[i].extra.get(SOURCE_ERROR) for i in idx]
+        errors = [records[i].error for i in idx]
         if all(errors) and not errors[0].startswith("video folder"):
             for i in idx:
                 out[i] = with_error(records[i], f"video '{video}' has no readable frames among the {len(idx)} "
-                                                f"sampled: {records[i].extra[SOURCE_ERROR]}")
+                                                f"sampled: {records[i].error}")
     return out
 
 

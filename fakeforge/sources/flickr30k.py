@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fakeforge.config import ConfigError
-from fakeforge.sources.base import Record
+from fakeforge.sources.base import Record, caption_text
 
 
 def read_flickr30k(captions_file: str | Path, images_dir: str | Path | None, split: str = "all"
@@ -29,8 +29,9 @@ def read_flickr30k(captions_file: str | Path, images_dir: str | Path | None, spl
     for filename, caption_id, caption in rows:
         image_id = Path(filename).stem
         image_path = str(Path(images_dir) / filename) if images_dir else None
-        by_image[image_id].append(Record(image_id, str(caption_id), " ".join(caption.split()), image_path,
-                                         {"file_name": filename}))
+        text, error = caption_text(caption)
+        by_image[image_id].append(Record(image_id, str(caption_id), text, image_path, {"file_name": filename},
+                                         error))
     if not by_image:
         raise ConfigError(f"Flickr30k captions file '{path}' holds no captions for split '{split}'")
     return dict(by_image)
@@ -45,15 +46,16 @@ def _karpathy_rows(path: Path, split: str):
         raise ConfigError(f"Flickr30k captions file '{path}' must hold an 'images' list (Karpathy layout)")
     rows = []
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or "filename" not in img or not isinstance(img.get("sentences"), list):
+        if not isinstance(img, dict) or not isinstance(img.get("filename"), str) \
+                or not isinstance(img.get("sentences"), list):
             raise ConfigError(f"Flickr30k captions file '{path}': images[{i}] needs 'filename' and 'sentences'")
         if split != "all" and img.get("split") != split:
             continue
         for j, sent in enumerate(img["sentences"]):
-            text = sent.get("raw") if isinstance(sent, dict) else None
-            if not isinstance(text, str):
-                raise ConfigError(f"Flickr30k captions file '{path}': images[{i}].sentences[{j}] has no 'raw' text")
-            rows.append((img["filename"], sent.get("sentid", j), text))
+            if not isinstance(sent, dict):
+                raise ConfigError(f"Flickr30k captions file '{path}': images[{i}].sentences[{j}] must be a mapping "
+                                  f"with 'raw' text, got {sent!r}")
+            rows.append((img["filename"], sent.get("sentid", j), sent.get("raw")))  # a bad 'raw' fails that sample
     return rows
 
 
