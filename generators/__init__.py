@@ -23,8 +23,16 @@ GENERATORS.register("upscale", "generators.superres:DiffusersUpscale", "SD x4 up
 GENERATORS.register("liif", "generators.liif:LiifSuperRes", "LIIF arbitrary-scale super-resolution")
 GENERATORS.register("img2img", "generators.img2img:Img2Img", "SDEdit image-to-image with a strength")
 GENERATORS.register("controlnet", "generators.controlnet:ControlNetCanny", "ControlNet on canny edges + caption")
+GENERATORS.register("attack", "generators.attack:AttackGenerator",
+                    "adversarial / backdoor / poisoning attack of the real image (presets in configs/attacks/)")
 
 PRESET_DIR = CONFIG_ROOT / "generators"
+ATTACK_PRESET_DIR = CONFIG_ROOT / "attacks"  # attack presets resolve like generator presets (after them)
+
+
+def attack_preset_names() -> list[str]:
+    """Names of the attack presets shipped in configs/attacks/."""
+    return sorted(p.stem for p in ATTACK_PRESET_DIR.glob("*.yaml"))
 
 
 def preset_names() -> list[str]:
@@ -36,9 +44,11 @@ def load_preset(name: str) -> dict:
     """The raw YAML of preset `name`; unknown names list the valid ones."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
+        path = ATTACK_PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
         import difflib
 
-        names = preset_names()
+        names = preset_names() + attack_preset_names()
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownNameError(f"unknown generator '{name}'.{hint} Valid generators: {', '.join(names)}")

@@ -89,6 +89,7 @@ class ResolvedSet:
     generator_cfg: Any
     generator_raw: dict
     model_label: str | None
+    image: ImagePolicy | None = None  # this set's image policy (the build's, unless its generator overrides it)
 
 
 @dataclass
@@ -150,16 +151,19 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
         model_label = gen_raw.get("model_id")
         if tiny and gen_raw.get("tiny_twin"):
             model_label = f"tiny-twin:{gen_raw['tiny_twin']} (of {gen_raw.get('model_id')})"
-        resolved.append(ResolvedSet(s.name, source, _generator_label(s.generator), cls, gcfg, gen_raw, model_label))
+        resolved.append(ResolvedSet(s.name, source, _generator_label(s.generator), cls, gcfg, gen_raw, model_label,
+                                    cls.storage_policy(gcfg, cfg.image)))
     content = {"seed": cfg.seed, "image": to_dict(cfg.image), "max_count": cfg.shards.max_count, "tiny": tiny,
-               "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r)}
-                        for r in resolved]}
+               "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r),
+                         **({"image": to_dict(r.image)} if r.image != cfg.image else {})} for r in resolved]}
     return ResolvedBuild(cfg, resolved, tiny, config_hash(content), raw, tiny_root)
 
 
 def _source_identity(src: SourceConfig) -> dict:
     data = to_dict(src)
-    for k in ("captions_file", "images_dir"):  # the folder may move; the content stays
+    if data.get("labels_file") is None:  # added later: absent keeps the hashes of earlier builds
+        data.pop("labels_file", None)
+    for k in ("captions_file", "images_dir", "labels_file"):  # the folder may move; the content stays
         if data.get(k):
             data[k] = Path(data[k]).name
     return data

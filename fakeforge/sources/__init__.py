@@ -1,4 +1,4 @@
-"""Real caption/image sources: COCO, Flickr30k and the embedded demo set."""
+"""Real caption/image sources: COCO, Flickr30k, ImageFolder, ImageNet val and the embedded demo set."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +19,14 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
         from fakeforge.sources.flickr30k import read_flickr30k
 
         by_image = read_flickr30k(cfg.captions_file, cfg.images_dir, cfg.split)
+    elif cfg.kind == "imagefolder":
+        from fakeforge.sources.imagefolder import read_imagefolder
+
+        by_image = read_imagefolder(cfg.images_dir)
+    elif cfg.kind == "imagenet":
+        from fakeforge.sources.imagenet import read_imagenet_val
+
+        by_image = read_imagenet_val(cfg.labels_file, cfg.images_dir)
     elif cfg.kind == "demo":
         from fakeforge.sources.coco import read_coco_captions
         from fakeforge.sources.demo import write_demo_coco
@@ -26,7 +34,7 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
         captions, images = write_demo_coco(Path(workdir) / "_demo_source")
         by_image = read_coco_captions(captions, images)
     else:  # guarded by the Literal type, kept for clarity
-        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, demo")
+        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, imagefolder, imagenet, demo")
     records = select_records(by_image, cfg)
     if not records:
         raise ConfigError(f"source {cfg.kind} '{cfg.captions_file}' selected no records (limit={cfg.limit})")

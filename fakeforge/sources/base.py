@@ -22,14 +22,18 @@ class SourceConfig:
     """Where captions and images come from, and which of them to use.
 
     kind: "coco" (captions_*.json + image folder), "flickr30k" (Karpathy dataset_flickr30k.json or
-        results.csv + image folder), or "demo" (a small synthetic COCO-layout set made on the fly).
+        results.csv + image folder), "imagefolder" (images_dir/<class>/<image>, labelled, no captions),
+        "imagenet" (flat val folder + labels_file CSV, labelled, no captions), or "demo" (a small
+        synthetic COCO-layout set made on the fly).
+    labels_file: the label CSV of kind "imagenet" (LOC_val_solution.csv or filename,label).
     split: COCO: informational (the captions file decides); Flickr30k Karpathy: train/val/test/all.
     limit: number of *images* to keep after shuffling with `seed` (None = all).
     captions_per_image: 1 (the first caption after a seeded shuffle) or "all".
     """
 
-    kind: Literal["coco", "flickr30k", "demo"] = "demo"
+    kind: Literal["coco", "flickr30k", "imagefolder", "imagenet", "demo"] = "demo"
     captions_file: str | None = None
+    labels_file: str | None = None
     images_dir: str | None = None
     split: str = "all"
     limit: int | None = None
@@ -40,8 +44,10 @@ class SourceConfig:
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"source.limit = {self.limit} must be a positive integer or null")
-        if self.kind != "demo" and not self.captions_file:
+        if self.kind in ("coco", "flickr30k") and not self.captions_file:
             raise ValueError(f"source.captions_file is required for source.kind = '{self.kind}'")
+        if self.kind in ("imagefolder", "imagenet") and not self.images_dir:
+            raise ValueError(f"source.images_dir is required for source.kind = '{self.kind}'")
 
 
 def select_records(by_image: dict[str, list[Record]], cfg: SourceConfig) -> list[Record]:

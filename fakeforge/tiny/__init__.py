@@ -33,6 +33,12 @@ for _name, _help in [("sd2_inpaint", "StableDiffusionInpaintPipeline (9-channel 
                      ("lama", "TorchScript model with big-lama.pt's call contract")]:
     TWINS.register(_name, f"fakeforge.tiny.editing_twins:build_{_name}", _help)
 
+# attack models (issue 10)
+TWINS.register("surrogate_resnet50", "fakeforge.tiny.attack_twins:build_surrogate_resnet50",
+               "timm resnet50 at toy size (attack surrogate), timm local-dir format")
+TWINS.register("issba_stegastamp", "fakeforge.tiny.attack_twins:build_issba_stegastamp",
+               "StegaStamp encoder/decoder for ISSBA, briefly trained so the code is recoverable")
+
 MARKER = "fakeforge_tiny.json"
 
 
