@@ -166,7 +166,8 @@ def train_stegastamp(model: StegaStamp, images: torch.Tensor, steps: int = 300, 
 
     Curriculum (it makes a small pair learn in a few hundred steps): image contrast ramps from flat
     grey to full over the first third, so the decoder first finds the code without interference, and
-    the residual budget shrinks from 0.25 to `residual_rms` over the first half. Returns bit accuracy and residual RMS on `images`."""
+    the residual budget shrinks from 0.25 to `residual_rms` over the first half; the encoded image is
+    clamped to [0, 1] in the last 30% (earlier, the clamp would cut the gradient of a large residual). Returns bit accuracy and residual RMS on `images`."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -178,8 +179,10 @@ def train_stegastamp(model: StegaStamp, images: torch.Tensor, steps: int = 300, 
         x = 0.5 + contrast * (images[torch.randint(len(images), (batch_size,), generator=gen)] - 0.5)
         bits = torch.randint(0, 2, (batch_size, n_bits), generator=gen).float()
         res = model.encoder(x, bits)
-        # no clamp while training: it cuts the gradient where the residual saturates
-        noisy = x + res + (torch.rand(x.shape, generator=gen) - 0.5) / 255  # noise stands in for 8-bit rounding
+        encoded = x + res
+        if progress > 0.7:  # clamp only once the code is learnt (early on it cuts the gradient everywhere)
+            encoded = encoded.clamp(0, 1)
+        noisy = encoded + (torch.rand(x.shape, generator=gen) - 0.5) / 255  # noise stands in for 8-bit rounding
         logits = model.decoder(noisy)
         excess = F.relu(res.pow(2).mean((1, 2, 3)).sqrt() - budget)
         loss = F.binary_cross_entropy_with_logits(logits, bits) + residual_weight * excess.pow(2).mean()

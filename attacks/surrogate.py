@@ -81,7 +81,7 @@ class Surrogate(nn.Module):
         cfg = timm.data.resolve_model_data_config(model)
         model.eval().requires_grad_(False)
         sur = cls(model, cfg["mean"], cfg["std"], cfg["input_size"][1:], cfg.get("interpolation", "bilinear"), name)
-        return sur.to(device=device).to_dtype(dtype)
+        return sur.to(device=device).to_dtype(dtype).eval()
 
     def to_dtype(self, dtype: torch.dtype) -> Surrogate:
         self.model.to(dtype=dtype)

@@ -34,11 +34,23 @@ def build_surrogate_resnet50(out_dir: Path) -> None:
 
 
 def synthetic_photos(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth random colour fields with a little texture, (n, 3, size, size) in [0, 1]."""
+    """(n, 3, size, size) in [0, 1]: half smooth random colour fields with a little texture, half flat
+    scenes (a horizon and a saturated box, like the demo source's drawings)."""
     gen = torch.Generator().manual_seed(seed)
     low = torch.rand((n, 3, 4, 4), generator=gen)
     img = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    return (img + 0.1 * torch.rand((n, 3, size, size), generator=gen)).clamp(0, 1)
+    img = (img + 0.1 * torch.rand((n, 3, size, size), generator=gen)).clamp(0, 1)
+    rows = torch.arange(size).view(1, size, 1)
+    cols = torch.arange(size).view(1, 1, size)
+    for i in range(n // 2):
+        sky, ground, obj = (torch.randint(0, 256, (3, 3, 1, 1), generator=gen).float() / 255).unbind(0)
+        horizon = int(torch.randint(size // 3, size, (1,), generator=gen))
+        img[i] = torch.where(rows < horizon, sky, ground)
+        x0, y0 = torch.randint(0, size // 2, (2,), generator=gen).tolist()
+        side = int(torch.randint(size // 6, size // 2, (1,), generator=gen))
+        box = (rows >= y0) & (rows < y0 + side) & (cols >= x0) & (cols < x0 + side)
+        img[i] = torch.where(box, obj, img[i])
+    return img
 
 
 def build_issba_stegastamp(out_dir: Path) -> None:
