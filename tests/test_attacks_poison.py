@@ -49,6 +49,20 @@ def test_feature_collision_within_bound_and_closer_to_the_target(toy_folder, tar
     assert [r.extra["feature_distance"] < r.extra["feature_distance_clean"] for r in res] == [True] * len(res)
 
 
+def test_feature_collision_attack_itself_respects_its_bound(toy_folder, target_and_bases):
+    """Without the builder's 8-bit quantisation (which also clips to the budget)."""
+    from attacks.feature_collision import FeatureCollision
+    from attacks.surrogate import Surrogate
+
+    target, bases = target_and_bases
+    clean = _as_tensor(bases)
+    with one_thread():
+        out = FeatureCollision(Surrogate.load(str(toy_folder)), eps=8 / 255, steps=20, target_image=str(target))(
+            clean, torch.zeros(len(clean), dtype=torch.long))
+    assert (out - clean).abs().max().item() <= 8 / 255 + 1e-6
+    assert (out - clean).abs().max().item() >= 7 / 255
+
+
 def test_feature_collision_with_zero_steps_budget_stays_put(toy_folder, target_and_bases):
     target, bases = target_and_bases
     res = run_attack_generator({"preset": "poison_feature_collision",
@@ -59,13 +73,23 @@ def test_feature_collision_with_zero_steps_budget_stays_put(toy_folder, target_a
 
 def test_gradient_matching_within_bound_and_aligns_gradients(toy_folder, target_and_bases):
     pytest.importorskip("art")
+    from attacks.gradient_matching import GradientMatching, gradient_alignment
+    from attacks.surrogate import Surrogate
+
     target, bases = target_and_bases
-    res = run_attack_generator({"preset": "poison_gradient_matching", "batch_size": 8,
-                                "params": {"max_epochs": 16, "milestones": [8, 12, 14, 15], "target_class": 0,
-                                           "target_image": str(target)}}, bases[:4], model_id=toy_folder)
-    stored, clean = _as_tensor([r.image for r in res]), _as_tensor(bases[:4])
-    assert (stored - clean).abs().max().item() <= EPS + 1e-6
-    assert (stored - clean).abs().max().item() >= 4 / 255  # it did perturb
-    meta = res[0].extra
-    assert meta["gradient_alignment"] > meta["gradient_alignment_clean"] + 0.15, meta
-    assert meta["adversarial_class"] == 0 and all(r.extra["success"] for r in res)
+    clean = _as_tensor(bases[:4])
+    sur = Surrogate.load(str(toy_folder))
+    attack = GradientMatching(sur, eps=EPS, max_epochs=16, milestones=[8, 12, 14, 15], target_class=0,
+                              target_image=str(target))
+    with one_thread():
+        torch.manual_seed(0)
+        out = attack(clean, torch.zeros(len(clean), dtype=torch.long))
+        ok, meta = attack.evaluate(torch.round(out * 255) / 255, clean, None)
+        t = _as_tensor([__import__("PIL.Image").Image.open(target).convert("RGB")])
+        sur.requires_grad_(True)
+        before, after = gradient_alignment(sur, clean, t, 0), gradient_alignment(sur, out, t, 0)
+    assert (out - clean).abs().max().item() <= EPS + 1e-6
+    assert (out - clean).abs().max().item() >= 4 / 255  # it did perturb
+    assert after > before + 0.15, (before, after)
+    assert meta["gradient_alignment"][0] > meta["gradient_alignment_clean"][0] + 0.15 and all(ok)
+    assert meta["adversarial_class"] == [0] * 4
