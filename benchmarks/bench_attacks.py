@@ -1,11 +1,12 @@
 """Attacks: one batched call vs a per-image loop, and our wrapper vs the plain torchattacks call, one run.
 
-    python benchmarks/bench_attacks.py [--attack pgd] [--model resnet50] [--images 32] [--size 224]
+    python benchmarks/bench_attacks.py [--attack pgd] [--model resnet50 | --tiny] [--images 32] [--size 224]
                                        [--repeats 3] [--device cuda] [--threads N]
 
 The surrogate is a timm model with its real architecture and *random* weights (`pretrained=False`, so
 nothing is downloaded; timing does not depend on the weights), wrapped in `attacks.surrogate.Surrogate`
-(normalisation inside). Three sides run the same attack, hyperparameters, images and labels:
+(normalisation inside); `--tiny` uses the builder's tiny surrogate twin instead (toy resnet50, built
+into a temp folder), where Python overhead per call dominates. Three sides run the same attack, hyperparameters, images and labels:
   * "plain batched":   torchattacks' class called once on all images (the library baseline);
   * "ours batched":    `attacks.ATTACKS[attack]` called once on all images (what the builder does);
   * "ours per-image":  the same object called image by image in a Python loop.
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--attack", default="pgd", choices=["fgsm", "pgd", "mifgsm", "nifgsm", "vnifgsm"])
     p.add_argument("--model", default="resnet50", help="timm architecture (random weights)")
+    p.add_argument("--tiny", action="store_true", help="the tiny surrogate twin instead of --model")
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
@@ -45,10 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = timm.create_model(args.model, pretrained=False).eval().requires_grad_(False)
-    cfg = timm.data.resolve_model_data_config(model)
-    sur = Surrogate(model, cfg["mean"], cfg["std"], cfg["input_size"][1:], cfg["interpolation"], args.model)
-    sur = sur.to(args.device).eval()
+    if args.tiny:
+        import tempfile
+
+        from fakeforge.tiny import build_tiny
+
+        args.model = "tiny twin surrogate_resnet50"
+        sur = Surrogate.load(str(build_tiny("surrogate_resnet50", tempfile.mkdtemp())), args.device)
+    else:
+        model = timm.create_model(args.model, pretrained=False).eval().requires_grad_(False)
+        cfg = timm.data.resolve_model_data_config(model)
+        sur = Surrogate(model, cfg["mean"], cfg["std"], cfg["input_size"][1:], cfg["interpolation"], args.model)
+        sur = sur.to(args.device).eval()
     gen = torch.Generator().manual_seed(0)
     images = torch.rand((args.images, 3, args.size, args.size), generator=gen).to(args.device)
     with torch.no_grad():
