@@ -14,7 +14,7 @@ def test_every_attack_preset_builds_verified_shards(tmp_path, tiny_dir, capsys):
     pytest.importorskip("torchattacks")
     pytest.importorskip("art")
     presets = attack_preset_names()
-    assert len(presets) == 11
+    assert len(presets) >= 11
     sets = [{"name": "real", "generator": "real"}] + [{"name": p, "generator": p} for p in presets]
     cfg = write_build_config(tmp_path / "attacks.yaml", tmp_path / "out", sets, {"kind": "demo", "limit": 2},
                              image={"format": "jpeg", "quality": 90, "size": 48, "resize": "center_crop"})
