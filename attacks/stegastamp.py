@@ -87,8 +87,8 @@ class StegaStampDecoder(nn.Module):
             self.loc[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
         self.convs = nn.Sequential(*[_conv(a, b, 2) for a, b in zip([3] + w[:-1], w)])
         side = cfg.image_size // 2 ** len(w)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(w[-1] * side * side, cfg.decoder_hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(cfg.decoder_hidden, cfg.secret_size))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(w[-1] * side * side, cfg.decoder_hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(cfg.decoder_hidden, cfg.secret_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images - 0.5
@@ -167,7 +167,8 @@ def train_stegastamp(model: StegaStamp, images: torch.Tensor, steps: int = 300, 
     Curriculum (it makes a small pair learn in a few hundred steps): image contrast ramps from flat
     grey to full over the first third, so the decoder first finds the code without interference, and
     the residual budget shrinks from 0.25 to `residual_rms` over the first half; the encoded image is
-    clamped to [0, 1] in the last 30% (earlier, the clamp would cut the gradient of a large residual). Returns bit accuracy and residual RMS on `images`."""
+    clamped to [0, 1] in the last 30% (earlier, the clamp would cut the gradient of a large residual).
+    Returns bit accuracy and residual RMS on `images`."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()

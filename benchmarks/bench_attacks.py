@@ -6,7 +6,8 @@
 The surrogate is a timm model with its real architecture and *random* weights (`pretrained=False`, so
 nothing is downloaded; timing does not depend on the weights), wrapped in `attacks.surrogate.Surrogate`
 (normalisation inside); `--tiny` uses the builder's tiny surrogate twin instead (toy resnet50, built
-into a temp folder), where Python overhead per call dominates. Three sides run the same attack, hyperparameters, images and labels:
+into a temp folder), where Python overhead per call dominates. Three sides run the same attack,
+hyperparameters, images and labels:
   * "plain batched":   torchattacks' class called once on all images (the library baseline);
   * "ours batched":    `attacks.ATTACKS[attack]` called once on all images (what the builder does);
   * "ours per-image":  the same object called image by image in a Python loop.

@@ -177,7 +177,8 @@ def test_missing_issba_weights_say_where_to_get_them(tmp_path):
 
 def test_build_refuses_missing_issba_weights_before_loading(tmp_path, capsys):
     cfg = tmp_path / "b.yaml"
-    cfg.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "sets": [{"name": "b", "generator": "backdoor_issba"}]}))
+    cfg.write_text(yaml.safe_dump({"output": str(tmp_path / "o"),
+                                   "sets": [{"name": "b", "generator": "backdoor_issba"}]}))
     assert cli_main(["build", "--config", str(cfg), "--no-progress"]) == 2
     assert "ISSBA has no encoder weights configured" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
