@@ -31,8 +31,16 @@ GENERATORS.register("download", "generators.download:DownloadedImage",
                     "a downloaded set plugged in as is (label from the source: DALLE, DiffusionDB, DFDC, ...)")
 GENERATORS.register("stylegan_xl", "generators.stylegan_xl:StyleGANXLGenerator",
                     "StyleGAN-XL class-conditional ImageNet generator (official network pickles, read safely)")
+GENERATORS.register("attack", "generators.attack:AttackGenerator",
+                    "adversarial / backdoor / poisoning attack of the real image (presets in configs/attacks/)")
 
 PRESET_DIR = CONFIG_ROOT / "generators"
+ATTACK_PRESET_DIR = CONFIG_ROOT / "attacks"  # attack presets resolve like generator presets (after them)
+
+
+def attack_preset_names() -> list[str]:
+    """Names of the attack presets shipped in configs/attacks/."""
+    return sorted(p.stem for p in ATTACK_PRESET_DIR.glob("*.yaml"))
 
 
 def preset_names() -> list[str]:
@@ -44,9 +52,11 @@ def load_preset(name: str) -> dict:
     """The raw YAML of preset `name`; unknown names list the valid ones."""
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
+        path = ATTACK_PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
         import difflib
 
-        names = preset_names()
+        names = preset_names() + attack_preset_names()
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownNameError(f"unknown generator '{name}'.{hint} Valid generators: {', '.join(names)}")

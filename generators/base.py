@@ -96,6 +96,14 @@ class Generator:
     needs_source_image: ClassVar[bool] = False
     #: label written into every sample's metadata.
     label: ClassVar[str] = "fake"
+    #: the set's image policy (set by the builder before `load`; see `storage_policy`)
+    image_policy: Any = None
+
+    @classmethod
+    def storage_policy(cls, config: GeneratorConfig, policy):
+        """The image policy this generator's set is stored with (default: the build's policy).
+        Attack sets override it to force lossless storage."""
+        return policy
 
     def __init__(self, config: GeneratorConfig, device: str = "cpu"):
         self.config = config

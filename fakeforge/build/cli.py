@@ -79,8 +79,8 @@ def run_build(args: argparse.Namespace) -> int:
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", nargs="*", metavar="CONFIG",
-                        help="build configs (paths or names); default: every file in configs/build/ "
-                             "and configs/generators/")
+                        help="build configs (paths or names); default: every file in configs/build/, "
+                             "configs/generators/ and configs/attacks/")
     parser.add_argument("--tiny", action="store_true", help="validate with the tiny-twin overrides applied")
     parser.epilog = "examples:\n  fakeforge validate\n  fakeforge validate configs/build/antifakeprompt_train.yaml"
 
@@ -91,10 +91,10 @@ def run_validate(args: argparse.Namespace) -> int:
     Every config and every set is checked; each problem is printed on its own line with its dotted key."""
     from fakeforge.build.validate import validate_target
     from fakeforge.config import CONFIG_ROOT
-    from generators import PRESET_DIR
+    from generators import ATTACK_PRESET_DIR, PRESET_DIR
 
     targets = args.configs or [str(p) for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))
-                               + sorted(PRESET_DIR.glob("*.yaml"))]
+                               + sorted(PRESET_DIR.glob("*.yaml")) + sorted(ATTACK_PRESET_DIR.glob("*.yaml"))]
     failed = 0
     for target in targets:
         report = validate_target(target, args.tiny)
@@ -122,7 +122,7 @@ def run_ls(args: argparse.Namespace) -> int:
 
     from fakeforge.config import CONFIG_ROOT, load_yaml
     from fakeforge.tiny import TWINS
-    from generators import GENERATORS, PRESET_DIR, preset_names
+    from generators import ATTACK_PRESET_DIR, GENERATORS, PRESET_DIR, attack_preset_names, preset_names
 
     def section(title, rows):
         print(title)
@@ -138,6 +138,9 @@ def run_ls(args: argparse.Namespace) -> int:
     if w in ("all", "builds"):
         section("build configs (configs/build/):", [(p.stem, load_yaml(p).get("description", ""))
                                                     for p in sorted((CONFIG_ROOT / "build").glob("*.yaml"))])
+    if w in ("all", "presets", "attacks"):
+        section("attack presets (configs/attacks/, used like generator presets):",
+                [(n, load_yaml(ATTACK_PRESET_DIR / f"{n}.yaml").get("description", "")) for n in attack_preset_names()])
     for kind, module, attr in (("attacks", "attacks", "ATTACKS"), ("detectors", "detector", "DETECTORS")):
         if w in ("all", kind):
             try:

@@ -106,6 +106,7 @@ class ResolvedSet:
     generator_cfg: Any
     generator_raw: dict
     model_label: str | None
+    image: ImagePolicy | None = None  # this set's image policy (the build's, unless its generator overrides it)
 
 
 @dataclass
@@ -213,15 +214,16 @@ def resolve_build_collect(config: str | Path | None = None, overrides: list[str]
         model_label = gen_raw.get("model_id")
         if tiny and gen_raw.get("tiny_twin"):
             model_label = f"tiny-twin:{gen_raw['tiny_twin']} (of {gen_raw.get('model_id')})"
-        resolved.append(ResolvedSet(s.name, source, _generator_label(s.generator), cls, gcfg, gen_raw, model_label))
+        resolved.append(ResolvedSet(s.name, source, _generator_label(s.generator), cls, gcfg, gen_raw, model_label,
+                                    cls.storage_policy(gcfg, cfg.image)))
         missing = missing_data(source) if s.optional else None
         if missing:
             log.warning("set '%s' skipped (optional): %s not found", s.name, missing)
             skipped.append(s.name)
     # skipped sets stay in the hash, so the folder can be resumed once their data is there
     content = {"seed": cfg.seed, "image": to_dict(cfg.image), "max_count": cfg.shards.max_count, "tiny": tiny,
-               "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r)}
-                        for r in resolved]}
+               "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r),
+                         **({"image": to_dict(r.image)} if r.image != cfg.image else {})} for r in resolved]}
     built = [r for r in resolved if r.name not in skipped]
     if resolved and not built:
         problems.append(f"every set of this build was skipped: the data of the optional sets {skipped} is absent")
@@ -238,7 +240,9 @@ def _in_set(line: str, where: str, name: str) -> str:
 def _source_identity(src: SourceConfig) -> dict:
     data = to_dict(src)
     data.pop("image_limits", None)  # limits decide which samples fail, not what a sample is (--retry-failed)
-    for k in ("captions_file", "images_dir"):  # the folder may move; the content stays
+    if data.get("labels_file") is None:  # added later: absent keeps the hashes of earlier builds
+        data.pop("labels_file", None)
+    for k in ("captions_file", "images_dir", "labels_file"):  # the folder may move; the content stays
         if data.get(k):
             data[k] = Path(data[k]).name
     return data

@@ -267,6 +267,7 @@ def _run_jobs(resolved: ResolvedBuild, state, todo, summary, versions, bar, pool
     for n, rset in enumerate(active):
         jobs = [job for s, job in todo if s is rset]
         generator = rset.generator_cls(rset.generator_cfg, device=str(state.device))
+        generator.image_policy = rset.image
         generator.load()
         settings = generator.settings()
         if "model_id" in settings:
@@ -287,7 +288,7 @@ def _run_jobs(resolved: ResolvedBuild, state, todo, summary, versions, bar, pool
         for job in jobs:
             bar.set_postfix_str(f"{rset.name}/{job.index:06d}")
             try:
-                run_shard(job, generator, out / rset.name, resolved.config.image, base_seed=resolved.config.seed,
+                run_shard(job, generator, out / rset.name, rset.image, base_seed=resolved.config.seed,
                           common_meta=common, header=header, pool=pool, on_batch=on_batch,
                           limits=rset.source.image_limits,
                           max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20))

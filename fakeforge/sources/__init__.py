@@ -1,5 +1,5 @@
-"""Caption/image sources: COCO, Flickr30k, the embedded demo set, and downloaded sets (folder, shards,
-DiffusionDB, video frames; fakeforge/sources/downloads.py and archives.py)."""
+"""Caption/image sources: COCO, Flickr30k, ImageFolder, ImageNet val, the embedded demo set, and
+downloaded sets (folder, shards, DiffusionDB, video frames; fakeforge/sources/downloads.py and archives.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +20,14 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
         from fakeforge.sources.flickr30k import read_flickr30k
 
         by_image = read_flickr30k(cfg.captions_file, cfg.images_dir, cfg.split)
+    elif cfg.kind == "imagefolder":
+        from fakeforge.sources.imagefolder import read_imagefolder
+
+        by_image = read_imagefolder(cfg.images_dir)
+    elif cfg.kind == "imagenet":
+        from fakeforge.sources.imagenet import read_imagenet_val
+
+        by_image = read_imagenet_val(cfg.labels_file, cfg.images_dir)
     elif cfg.kind == "demo":
         from fakeforge.sources.coco import read_coco_captions
         from fakeforge.sources.demo import write_demo_coco
@@ -29,7 +37,8 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
     elif cfg.kind in DOWNLOAD_KINDS:
         return _load_download(cfg, workdir)
     else:  # guarded by the Literal type, kept for clarity
-        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, demo, {', '.join(DOWNLOAD_KINDS)}")
+        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, imagefolder, imagenet, demo, "
+                          f"{', '.join(DOWNLOAD_KINDS)}")
     records = select_records(by_image, cfg)
     if not records:
         raise ConfigError(f"source {cfg.kind} '{cfg.captions_file}' selected no records (limit={cfg.limit})")

@@ -33,11 +33,14 @@ class SourceConfig:
     """Where captions and images come from, and which of them to use.
 
     kind: "coco" (captions_*.json + image folder), "flickr30k" (Karpathy dataset_flickr30k.json or
-        results.csv + image folder), or "demo" (a small synthetic COCO-layout set made on the fly).
+        results.csv + image folder), "imagefolder" (images_dir/<class>/<image>, labelled, no captions),
+        "imagenet" (flat val folder + labels_file CSV, labelled, no captions), or "demo" (a small
+        synthetic COCO-layout set made on the fly).
         Downloaded sets (docs/download_sets.md): "folder" (images under images_dir, captions from
         .txt sidecars or a captions_file CSV/JSON), "shards" (WebDataset .tar files under images_dir),
         "diffusiondb" (metadata parquet as captions_file + part-NNNNNN.zip archives under images_dir),
         "frames" (one folder of video frames per video under images_dir).
+    labels_file: the label CSV of kind "imagenet" (LOC_val_solution.csv or filename,label).
     split: COCO: informational (the captions file decides); Flickr30k Karpathy: train/val/test/all.
     limit: number of *images* to keep after shuffling with `seed` (None = all).
     captions_per_image: 1 (the first caption after a seeded shuffle) or "all".
@@ -50,8 +53,10 @@ class SourceConfig:
         (see fakeforge.images.ImageLimits); a source image over them is that sample's error.
     """
 
-    kind: Literal["coco", "flickr30k", "demo", "folder", "shards", "diffusiondb", "frames"] = "demo"
+    kind: Literal["coco", "flickr30k", "imagefolder", "imagenet", "demo", "folder", "shards", "diffusiondb",
+                  "frames"] = "demo"
     captions_file: str | None = None
+    labels_file: str | None = None
     images_dir: str | None = None
     split: str = "all"
     limit: int | None = None
@@ -69,6 +74,8 @@ class SourceConfig:
             raise ValueError(f"source.limit = {self.limit} must be a positive integer or null")
         if self.kind in ("coco", "flickr30k", "diffusiondb") and not self.captions_file:
             raise ValueError(f"source.captions_file is required for source.kind = '{self.kind}'")
+        if self.kind in ("imagefolder", "imagenet") and not self.images_dir:
+            raise ValueError(f"source.images_dir is required for source.kind = '{self.kind}'")
         if self.kind in DOWNLOAD_KINDS:
             from fakeforge.sources.downloads import validate_download_source
 

@@ -46,6 +46,12 @@ TWINS.register("lte", "fakeforge.tiny.port_twins:build_lte", "LTE (EDSR-baseline
 TWINS.register("stylegan_xl", "fakeforge.tiny.port_twins:build_stylegan_xl",
                "StyleGAN-XL (16 px, 1000 classes) as an official-layout network pickle")
 
+# attack models (issue 10)
+TWINS.register("surrogate_resnet50", "fakeforge.tiny.attack_twins:build_surrogate_resnet50",
+               "timm resnet50 at toy size (attack surrogate), timm local-dir format")
+TWINS.register("issba_stegastamp", "fakeforge.tiny.attack_twins:build_issba_stegastamp",
+               "StegaStamp encoder/decoder for ISSBA, briefly trained so the code is recoverable")
+
 MARKER = "fakeforge_tiny.json"
 
 
