@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                  "check build/generator configs without loading any model"),
     "verify": ("fakeforge.shards.verify", "add_arguments", "run",
                "check a built dataset folder against its manifest"),
+    "audit": ("fakeforge.audit", "add_arguments", "run",
+              "shortcut audit: do format features alone (size, JPEG quality...) separate real from fake?"),
     "ls": ("fakeforge.build.cli", "add_ls_arguments", "run_ls",
            "list registered generators, generator presets, attacks, detectors and tiny twins"),
     "tiny-models": ("fakeforge.tiny.cli", "add_arguments", "run",
