@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "detect": ("detector.cli", "add_detect_arguments", "run_detect", "classify images or folders"),
     "eval": ("detector.cli", "add_eval_arguments", "run_eval",
              "per-set accuracy/AUC/AP table over shard sets or folders"),
+    "report": ("detector.report", "add_arguments", "run",
+               "self-contained report.html/report.md from one or more eval folders, side by side"),
     "convert-antifakeprompt": ("detector.cli", "add_convert_arguments", "run_convert",
                                "convert an official AntifakePrompt LAVIS checkpoint"),
 }
