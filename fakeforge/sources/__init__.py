@@ -1,4 +1,4 @@
-"""Real caption/image sources: COCO, Flickr30k and the embedded demo set."""
+"""Real caption/image sources: COCO, Flickr30k, the embedded demo set and the shipped sample photos."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +25,14 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
 
         captions, images = write_demo_coco(Path(workdir) / "_demo_source")
         by_image = read_coco_captions(captions, images)
+    elif cfg.kind == "photos":
+        from fakeforge.sources.coco import read_coco_captions
+        from fakeforge.sources.photos import write_photos_coco
+
+        captions, images = write_photos_coco(Path(workdir) / "_photos_source")
+        by_image = read_coco_captions(captions, images)
     else:  # guarded by the Literal type, kept for clarity
-        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, demo")
+        raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, demo, photos")
     records = select_records(by_image, cfg)
     if not records:
         raise ConfigError(f"source {cfg.kind} '{cfg.captions_file}' selected no records (limit={cfg.limit})")

@@ -22,13 +22,14 @@ class SourceConfig:
     """Where captions and images come from, and which of them to use.
 
     kind: "coco" (captions_*.json + image folder), "flickr30k" (Karpathy dataset_flickr30k.json or
-        results.csv + image folder), or "demo" (a small synthetic COCO-layout set made on the fly).
+        results.csv + image folder), "demo" (a small synthetic COCO-layout set made on the fly), or
+        "photos" (crops of the real sample photos shipped with scikit-image/scikit-learn/matplotlib).
     split: COCO: informational (the captions file decides); Flickr30k Karpathy: train/val/test/all.
     limit: number of *images* to keep after shuffling with `seed` (None = all).
     captions_per_image: 1 (the first caption after a seeded shuffle) or "all".
     """
 
-    kind: Literal["coco", "flickr30k", "demo"] = "demo"
+    kind: Literal["coco", "flickr30k", "demo", "photos"] = "demo"
     captions_file: str | None = None
     images_dir: str | None = None
     split: str = "all"
@@ -40,7 +41,7 @@ class SourceConfig:
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"source.limit = {self.limit} must be a positive integer or null")
-        if self.kind != "demo" and not self.captions_file:
+        if self.kind not in ("demo", "photos") and not self.captions_file:
             raise ValueError(f"source.captions_file is required for source.kind = '{self.kind}'")
 
 
