@@ -373,20 +373,31 @@ def set_sources(specs: list[str]) -> dict[str, list[Path] | Path]:
     return out
 
 
-def run(args) -> int:
-    methods = [load_eval_dir(p) for p in args.evals]
-    sources = set_sources(args.sets) if args.sets else {}
+def make_report(evals: list[str | Path], out: str | Path, *, sets: list[str] | None = None, audit: bool = False,
+                title: str = "fakeforge evaluation", provenance: dict | None = None,
+                held_in: list[str] | None = None) -> list[Path]:
+    """Report over eval folders: thumbnails (and the audit) read from the evaluated `sets` specs."""
+    methods = [load_eval_dir(p) for p in evals]
+    sources = set_sources(sets) if sets else {}
     wanted: dict[str, set[str]] = {}
     for name, rows in methods[0].samples.items():
         picks = confidence_picks(rows)
         wanted[name] = {k for k, _y, _p in picks["most_fake"] + picks["most_real"]}
     thumbs = read_thumbnails(sources, wanted) if sources else {}
-    audit = None
-    if args.audit:
+    audit_report = None
+    if audit and sets:
         from fakeforge.audit import audit_sets, load_specs
 
-        audit = audit_sets(load_specs(args.sets, 500))
-    provenance = {f"Evaluation: {m.method}": m.info for m in methods}
-    paths = write_report(methods, args.out, title=args.title, thumbnails=thumbs, audit=audit, provenance=provenance)
+        audit_report = audit_sets(load_specs(sets, 500))
+    note = None
+    if held_in:
+        note = (f"Held-in sets (the generators and sources training used): {', '.join(held_in)}; every other set is "
+                "held out.")
+    prov = {**(provenance or {}), **{f"Evaluation: {m.method}": m.info for m in methods}}
+    return write_report(methods, out, title=title, thumbnails=thumbs, audit=audit_report, provenance=prov, note=note)
+
+
+def run(args) -> int:
+    paths = make_report(args.evals, args.out, sets=args.sets, audit=args.audit, title=args.title)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

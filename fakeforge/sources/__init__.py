@@ -27,10 +27,10 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
         by_image = read_coco_captions(captions, images)
     elif cfg.kind == "photos":
         from fakeforge.sources.coco import read_coco_captions
-        from fakeforge.sources.photos import write_photos_coco
+        from fakeforge.sources.photos import split_records, write_photos_coco
 
         captions, images = write_photos_coco(Path(workdir) / "_photos_source")
-        by_image = read_coco_captions(captions, images)
+        by_image = split_records(read_coco_captions(captions, images), cfg.split)
     else:  # guarded by the Literal type, kept for clarity
         raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, demo, photos")
     records = select_records(by_image, cfg)

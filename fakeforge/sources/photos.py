@@ -43,6 +43,8 @@ PHOTOS: dict[str, tuple[str, str, list[str]]] = {
                       "an old photo of a woman with medals on her jacket"]),
 }
 CROPS_PER_PHOTO = 6
+#: `source.split` of the photos source: which crops of every photo it gives (the whole photo is crop 0).
+SPLITS = {"train": range(0, 4), "test": range(4, CROPS_PER_PHOTO), "all": range(0, CROPS_PER_PHOTO)}
 
 
 def _load(name: str) -> Image.Image:
@@ -104,3 +106,18 @@ def write_photos_coco(root: str | Path, crops_per_photo: int = CROPS_PER_PHOTO, 
                                "images": images, "annotations": annotations}))
     tmp.replace(captions_file)
     return captions_file, images_dir
+
+
+def crop_index(image_id: str) -> int:
+    """Crop number of a photos-source image id (ids are 100 * (photo + 1) + crop)."""
+    return int(image_id) % 100
+
+
+def split_records(by_image: dict, split: str) -> dict:
+    """Keep the crops of `split` ("train": crops 0-3 of every photo, "test": crops 4-5, "all")."""
+    from fakeforge.config import ConfigError
+
+    if split not in SPLITS:
+        raise ConfigError(f"source.split = {split!r} is not a split of the photos source; choose from {sorted(SPLITS)}")
+    keep = SPLITS[split]
+    return {k: v for k, v in by_image.items() if crop_index(k) in keep}
