@@ -210,7 +210,7 @@ def check_plotting() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ImportError("plots need matplotlib: pip install 'fakeforge[eval]' (or pass --no-plots)") from None
+        raise ImportError("plots need matplotlib (a core dependency): pip install matplotlib (or pass --no-plots)") from None
 
 
 def write_plots(results: list[SetScores], summary: dict, out_dir: Path, method: str) -> list[Path]:

@@ -1,5 +1,6 @@
-"""Caption/image sources: COCO, Flickr30k, ImageFolder, ImageNet val, the embedded demo set, and
-downloaded sets (folder, shards, DiffusionDB, video frames; fakeforge/sources/downloads.py and archives.py)."""
+"""Caption/image sources: COCO, Flickr30k, ImageFolder, ImageNet val, the embedded demo set, the sample
+photos shipped with scikit-image/scikit-learn/matplotlib, and downloaded sets (folder, shards, DiffusionDB,
+video frames; fakeforge/sources/downloads.py and archives.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,11 +35,17 @@ def load_records(cfg: SourceConfig, workdir: str | Path) -> list[Record]:
 
         captions, images = write_demo_coco(Path(workdir) / "_demo_source")
         by_image = read_coco_captions(captions, images)
+    elif cfg.kind == "photos":
+        from fakeforge.sources.coco import read_coco_captions
+        from fakeforge.sources.photos import split_records, write_photos_coco
+
+        captions, images = write_photos_coco(Path(workdir) / "_photos_source")
+        by_image = split_records(read_coco_captions(captions, images), cfg.split)
     elif cfg.kind in DOWNLOAD_KINDS:
         return _load_download(cfg, workdir)
     else:  # guarded by the Literal type, kept for clarity
         raise ConfigError(f"unknown source.kind '{cfg.kind}'; valid: coco, flickr30k, imagefolder, imagenet, demo, "
-                          f"{', '.join(DOWNLOAD_KINDS)}")
+                          f"photos, {', '.join(DOWNLOAD_KINDS)}")
     records = select_records(by_image, cfg)
     if not records:
         raise ConfigError(f"source {cfg.kind} '{cfg.captions_file}' selected no records (limit={cfg.limit})")

@@ -34,8 +34,9 @@ class SourceConfig:
 
     kind: "coco" (captions_*.json + image folder), "flickr30k" (Karpathy dataset_flickr30k.json or
         results.csv + image folder), "imagefolder" (images_dir/<class>/<image>, labelled, no captions),
-        "imagenet" (flat val folder + labels_file CSV, labelled, no captions), or "demo" (a small
-        synthetic COCO-layout set made on the fly).
+        "imagenet" (flat val folder + labels_file CSV, labelled, no captions), "demo" (a small
+        synthetic COCO-layout set made on the fly), or "photos" (crops of the real sample photos shipped
+        with scikit-image/scikit-learn/matplotlib; split train = crops 0-3, test = crops 4-5).
         Downloaded sets (docs/download_sets.md): "folder" (images under images_dir, captions from
         .txt sidecars or a captions_file CSV/JSON), "shards" (WebDataset .tar files under images_dir),
         "diffusiondb" (metadata parquet as captions_file + part-NNNNNN.zip archives under images_dir),
@@ -53,8 +54,8 @@ class SourceConfig:
         (see fakeforge.images.ImageLimits); a source image over them is that sample's error.
     """
 
-    kind: Literal["coco", "flickr30k", "imagefolder", "imagenet", "demo", "folder", "shards", "diffusiondb",
-                  "frames"] = "demo"
+    kind: Literal["coco", "flickr30k", "imagefolder", "imagenet", "demo", "photos", "folder", "shards",
+                  "diffusiondb", "frames"] = "demo"
     captions_file: str | None = None
     labels_file: str | None = None
     images_dir: str | None = None

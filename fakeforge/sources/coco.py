@@ -37,7 +37,7 @@ def read_coco_captions(captions_file: str | Path, images_dir: str | Path | None)
             raise ConfigError(f"COCO captions file '{path}': annotations[{i}] refers to unknown image_id {image_id}")
         info = files[image_id]
         image_path = str(Path(images_dir) / info["file_name"]) if images_dir else None
-        extra = {k: info[k] for k in ("width", "height", "file_name") if k in info}
+        extra = {k: info[k] for k in ("width", "height", "file_name", "photo", "licence") if k in info}
         caption, error = caption_text(ann["caption"])
         by_image[image_id].append(Record(image_id, str(ann["id"]), caption, image_path, extra, error))
     return dict(by_image)

@@ -1,0 +1,393 @@
+"""`fakeforge run`: build → verify → stats → train → eval → report from one pipeline config.
+
+A pipeline config (`configs/pipelines/*.yaml`) names datasets (build configs, each built into
+`OUT/data/<name>`), detectors (trained on some datasets, or given as a checkpoint / `zero-shot`), the
+datasets to evaluate on, and whether to write the report. Each stage runs as its own `fakeforge`
+process (optionally under a launcher such as `accelerate launch --num_processes 8`), so a stage behaves
+exactly as the same command typed by hand, and a crash in one stage leaves the others' results intact.
+
+Resume: rerun the same command. Every stage records what it was made from in `OUT/stages/<stage>.json`
+(a hash of its settings and of its inputs' hashes). A finished stage with the same hash is reused after
+a check (datasets are re-verified, checkpoints must exist); an unfinished one is resumed (the builder
+skips finished shards, training continues from `last/`); a stage whose inputs or settings changed is
+refused with what changed, unless `--rebuild STAGE` is given (evaluations and the report are simply
+redone). Old and new data are never mixed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fakeforge.config import (
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    from_dict,
+    load_yaml,
+    resolve_named_config,
+    to_dict,
+)
+
+log = logging.getLogger("fakeforge.run")
+STAGES_DIR = "stages"
+
+
+@dataclass
+class DatasetStage:
+    """A dataset: a build config (name under configs/build/ or a path) built into OUT/data/<name>."""
+
+    name: str
+    build: str
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DetectorStage:
+    """A detector row of the table: trained with `config` on `train_on` datasets, or an existing
+    `checkpoint` (a folder, or "zero-shot") used as is."""
+
+    name: str
+    config: str | None = None
+    checkpoint: str | None = None
+    train_on: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    stats: bool = True  # compute mean/std of the training data first (when the config does not fix them)
+
+    def validate(self) -> None:
+        if bool(self.config) == bool(self.checkpoint):
+            raise ConfigError(f"detector '{self.name}': give exactly one of 'config' (train it) or 'checkpoint' "
+                              f"(use it as is); got config={self.config!r}, checkpoint={self.checkpoint!r}")
+        if self.config and not self.train_on:
+            raise ConfigError(f"detector '{self.name}': 'train_on' must name the datasets to train on")
+
+
+@dataclass
+class EvalStage:
+    """What to evaluate every detector on: datasets (all their sets), held-in set names (marked in
+    the report), a per-set image limit, and eval options passed through (e.g. ["--scoring", "loss"])."""
+
+    datasets: list[str] = field(default_factory=list)
+    held_in: list[str] = field(default_factory=list)
+    limit: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineConfig:
+    """A whole experiment (see configs/pipelines/)."""
+
+    description: str = ""
+    output: str = "runs/pipeline"
+    datasets: list[DatasetStage] = field(default_factory=list)
+    detectors: list[DetectorStage] = field(default_factory=list)
+    evaluate: EvalStage = field(default_factory=EvalStage)
+    report: bool = True
+    audit: bool = True
+    launcher: str | None = None  # e.g. "accelerate launch --num_processes 8" for build and train stages
+
+    def validate(self) -> None:
+        names = [d.name for d in self.datasets]
+        if not names:
+            raise ConfigError("a pipeline needs at least one entry under 'datasets'")
+        for label, values in (("datasets", names), ("detectors", [d.name for d in self.detectors])):
+            dup = sorted({n for n in values if values.count(n) > 1})
+            if dup:
+                raise ConfigError(f"{label} names must be unique; repeated: {dup}")
+        for d in self.detectors:
+            unknown = [n for n in d.train_on if n not in names]
+            if unknown:
+                raise ConfigError(f"detector '{d.name}': train_on names {unknown}, which no dataset stage produces "
+                                  f"(datasets: {names})")
+        unknown = [n for n in self.evaluate.datasets if n not in names]
+        if unknown:
+            raise ConfigError(f"evaluate.datasets names {unknown}, which no dataset stage produces (datasets: {names})")
+        if self.detectors and not self.evaluate.datasets:
+            raise ConfigError("evaluate.datasets is empty: name the datasets to evaluate the detectors on")
+
+
+# ------------------------------------------------------------------------------------------- stages
+class StageRecord:
+    """`OUT/stages/<stage>.json`: the hash a stage was made from and whether it finished."""
+
+    def __init__(self, out: Path, stage: str):
+        self.path = out / STAGES_DIR / (stage.replace("/", "__") + ".json")
+        self.stage = stage
+
+    def read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write(self, digest: str, inputs: dict, done: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"stage": self.stage, "hash": digest, "inputs": inputs, "done": done,
+                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+        tmp.replace(self.path)
+
+
+class Pipeline:
+    """Runs the stages of one resolved pipeline config; see the module docstring."""
+
+    def __init__(self, cfg: PipelineConfig, *, tiny: bool = False, demo_data: bool = False,
+                 rebuild: list[str] | None = None, progress: bool = False):
+        self.cfg, self.tiny, self.demo_data, self.progress = cfg, tiny, demo_data, progress
+        self.out = Path(cfg.output)
+        self.rebuild = set(rebuild or [])
+        known = {f"data/{d.name}" for d in cfg.datasets} | {f"train/{d.name}" for d in cfg.detectors if d.config}
+        unknown = sorted(self.rebuild - known)
+        if unknown:
+            raise ConfigError(f"--rebuild {unknown}: no such stage; stages: {sorted(known)}")
+        self.data_hash: dict[str, str] = {}
+        self.checkpoints: dict[str, tuple[str, str]] = {}  # detector -> (checkpoint, stage hash)
+        self.step = 0
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _cmd(self, args: list[str], launch: bool = False) -> list[str]:
+        if launch and self.cfg.launcher:
+            return shlex.split(self.cfg.launcher) + ["-m", "fakeforge.cli", *args]
+        return [sys.executable, "-m", "fakeforge.cli", *args]
+
+    def _run(self, title: str, args: list[str], launch: bool = False) -> None:
+        self.step += 1
+        cmd = self._cmd(args, launch)
+        print(f"[{self.step}] {title}\n    $ {shlex.join(['fakeforge', *args])}", flush=True)
+        start = time.time()
+        result = subprocess.run(cmd)
+        if result.returncode != 0:
+            raise PipelineError(f"stage '{title}' failed (exit {result.returncode}); fix the cause and rerun the "
+                                "same command to resume")
+        print(f"    done in {time.time() - start:.1f} s", flush=True)
+
+    def _check_record(self, stage: str, digest: str, what_changed: str) -> dict | None:
+        """The stage's record when it may be reused or resumed; refuses a record from other inputs."""
+        record = StageRecord(self.out, stage).read()
+        if record is None or record.get("hash") == digest:
+            return record
+        if stage in self.rebuild:
+            return None
+        raise ConfigError(f"stage {stage} in '{self.out}' was made from other inputs ({what_changed}); rerun with "
+                          f"--rebuild {stage} to redo it (its old output is deleted), or use another --out")
+
+    # -- datasets -------------------------------------------------------------------------------------
+    def build_datasets(self) -> None:
+        for d in self.cfg.datasets:
+            folder = self.out / "data" / d.name
+            stage = f"data/{d.name}"
+            if stage in self.rebuild and folder.exists():
+                print(f"    --rebuild {stage}: deleting {folder}")
+                shutil.rmtree(folder)
+            args = ["build", "--config", d.build, "--output", str(folder), "--no-progress"]
+            args += [a for o in d.overrides for a in ("--set", o)]
+            args += ["--tiny"] if self.tiny else []
+            args += ["--demo-data"] if self.demo_data else []
+            self._run(f"build dataset '{d.name}' ({d.build})", args, launch=True)
+            self._verify(d.name, folder)
+            manifest = json.loads((folder / "manifest.json").read_text())
+            self.data_hash[d.name] = str(manifest["config_hash"])
+            StageRecord(self.out, stage).write(self.data_hash[d.name], {"build": d.build}, True)
+            self.rebuild.discard(stage)
+
+    def _verify(self, name: str, folder: Path) -> None:
+        from fakeforge.shards.verify import VerifyError, verify_dataset
+
+        try:
+            summary = verify_dataset(folder)
+        except VerifyError as exc:
+            raise PipelineError(f"dataset '{name}' failed verification: {exc}") from None
+        sets = ", ".join(f"{k}={v}" for k, v in summary["sets"].items())
+        print(f"    verified {folder}: {summary['samples']} samples ({sets})", flush=True)
+
+    # -- detectors ------------------------------------------------------------------------------------
+    def _train_config(self, d: DetectorStage) -> dict:
+        raw = load_yaml(resolve_named_config(d.config, "detector"))
+        extra = list(d.overrides)
+        if self.tiny:
+            from detector.cli import TINY_OVERRIDES
+
+            extra = list(TINY_OVERRIDES) + extra
+        return apply_overrides(raw, extra)
+
+    def train_detectors(self) -> None:
+        for d in self.cfg.detectors:
+            if d.checkpoint:
+                digest = config_hash({"checkpoint": d.checkpoint, "tiny": self.tiny})
+                self.checkpoints[d.name] = (d.checkpoint, digest)
+                continue
+            resolved = self._train_config(d)
+            inputs = {n: self.data_hash[n] for n in d.train_on}
+            digest = config_hash({"config": resolved, "data": inputs, "tiny": self.tiny})
+            stage = f"train/{d.name}"
+            folder = self.out / "train" / d.name
+            record = self._check_record(stage, digest, f"detector config or training data {sorted(inputs)}")
+            if record is None and folder.exists():
+                if stage in self.rebuild or not (folder / "last").exists():
+                    shutil.rmtree(folder)
+                    if stage in self.rebuild:
+                        print(f"    --rebuild {stage}: deleted {folder}")
+            if record and record.get("done") and (folder / "best").is_dir():
+                print(f"[-] train '{d.name}': finished earlier with the same config and data, reused ({folder})")
+                self.checkpoints[d.name] = (str(folder / "best"), digest)
+                continue
+            paths = [str(self.out / "data" / n) for n in d.train_on]
+            args = ["train", "--config", d.config, "--out", str(folder), "--set", f"data.train=[{','.join(paths)}]"]
+            data_cfg = resolved.get("data") or {}
+            if d.stats and data_cfg.get("mean") is None and not data_cfg.get("stats_file"):
+                stats = self.out / "stats" / f"{d.name}.json"
+                if not (record and stats.is_file()):
+                    stats_args = ["stats", "--sets", *paths, "--image-size", str(data_cfg.get("image_size", 224)),
+                                  "--out", str(stats)]
+                    if data_cfg.get("stats_max_images"):
+                        stats_args += ["--max-images", str(data_cfg["stats_max_images"])]
+                    self._run(f"mean/std of the training data of '{d.name}'", stats_args)
+                args += ["--set", f"data.stats_file={stats}"]
+            args += [a for o in d.overrides for a in ("--set", o)]
+            args += ["--tiny"] if self.tiny else []
+            if (folder / "last").exists():
+                args.append("--resume")
+            StageRecord(self.out, stage).write(digest, inputs, False)
+            self._run(f"train detector '{d.name}' ({d.config})", args, launch=True)
+            StageRecord(self.out, stage).write(digest, inputs, True)
+            self.rebuild.discard(stage)
+            self.checkpoints[d.name] = (str(folder / "best"), digest)
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self) -> list[Path]:
+        sets = [str(self.out / "data" / n) for n in self.cfg.evaluate.datasets]
+        inputs = {n: self.data_hash[n] for n in self.cfg.evaluate.datasets}
+        outs = []
+        for d in self.cfg.detectors:
+            ckpt, ckpt_hash = self.checkpoints[d.name]
+            folder = self.out / "eval" / d.name
+            digest = config_hash({"detector": ckpt_hash, "data": inputs, "limit": self.cfg.evaluate.limit,
+                                  "args": self.cfg.evaluate.extra_args})
+            record = StageRecord(self.out, f"eval/{d.name}").read()
+            if record and record.get("hash") == digest and record.get("done") and (folder / "results.json").is_file():
+                print(f"[-] eval '{d.name}': same checkpoint and data as before, reused ({folder})")
+                outs.append(folder)
+                continue
+            if folder.exists():
+                shutil.rmtree(folder)  # results of other inputs are redone, never mixed
+            args = ["eval", "--checkpoint", ckpt, "--sets", *sets, "--out", str(folder), "--name", d.name,
+                    "--no-plots", *self.cfg.evaluate.extra_args]
+            args += ["--limit", str(self.cfg.evaluate.limit)] if self.cfg.evaluate.limit else []
+            args += ["--tiny"] if self.tiny else []
+            self._run(f"evaluate '{d.name}' on {', '.join(self.cfg.evaluate.datasets)}", args)
+            StageRecord(self.out, f"eval/{d.name}").write(digest, {"checkpoint": ckpt, **inputs}, True)
+            outs.append(folder)
+        return outs
+
+    def write_report(self, evals: list[Path]) -> Path | None:
+        if not self.cfg.report or not evals:
+            return None
+        from detector.report import make_report
+
+        self.step += 1
+        print(f"[{self.step}] report", flush=True)
+        sets = [str(self.out / "data" / n) for n in self.cfg.evaluate.datasets]
+        provenance = {"Pipeline": to_dict(self.cfg), "Stages": {p.stem: json.loads(p.read_text()) for p in
+                                                                sorted((self.out / STAGES_DIR).glob("*.json"))}}
+        paths = make_report(evals, self.out / "report", sets=sets, audit=self.cfg.audit,
+                            title=self.cfg.description or "fakeforge pipeline", provenance=provenance,
+                            held_in=self.cfg.evaluate.held_in)
+        print(f"    wrote {', '.join(map(str, paths))}", flush=True)
+        return paths[0]
+
+    def run(self) -> dict:
+        """All stages in order; returns {"report": path, "evals": [...], "datasets": {...}}."""
+        from fakeforge.config import dump_yaml
+        from fakeforge.locking import OutputLock
+
+        with OutputLock(self.out, "run"):  # one pipeline per output folder (each stage locks its own too)
+            dump_yaml({**to_dict(self.cfg), "tiny": self.tiny, "demo_data": self.demo_data},
+                      self.out / "pipeline.yaml")
+            self.build_datasets()
+            self.train_detectors()
+            evals = self.evaluate() if self.cfg.detectors else []
+            report = self.write_report(evals)
+        return {"report": report, "evals": evals, "datasets": dict(self.data_hash)}
+
+
+class PipelineError(RuntimeError):
+    """A stage's process failed; the message says which and that rerunning resumes."""
+
+
+def load_pipeline(name_or_path: str, overrides: list[str] | None = None, output: str | None = None) -> PipelineConfig:
+    """Resolve a pipeline config (a path or a name under configs/pipelines/) with `key=value` overrides."""
+    raw = apply_overrides(load_yaml(resolve_named_config(name_or_path, "pipelines")), overrides)
+    if output:
+        raw["output"] = output
+    if not str(raw.get("output") or "").strip():
+        raise ConfigError("'output' must name a folder")
+    return from_dict(PipelineConfig, raw)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="pipeline config: a YAML path or a name under "
+                                                        "configs/pipelines/")
+    parser.add_argument("--out", default=None, help="output folder (overrides the config's 'output')")
+    parser.add_argument("--tiny", action="store_true", help="tiny random-weight twins for every model")
+    parser.add_argument("--demo-data", action="store_true",
+                        help="replace every build source with the built-in demo data (runs anywhere, offline)")
+    parser.add_argument("--rebuild", action="append", default=[], metavar="STAGE",
+                        help="redo a finished stage whose inputs changed, e.g. data/train or train/antifakeprompt")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline config value, e.g. evaluate.limit=100")
+    parser.epilog = ("examples:\n  fakeforge run --config antifakeprompt_v1 --tiny --demo-data --out runs/v1_dry\n"
+                     "  fakeforge run --config antifakeprompt_v3            # the real thing (data/, GPUs)\n"
+                     "Rerun the same command to resume; finished stages are verified and reused.")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_pipeline(args.config, args.overrides, args.out)
+    pipe = Pipeline(cfg, tiny=args.tiny, demo_data=args.demo_data, rebuild=args.rebuild)
+    try:
+        result = pipe.run()
+    except PipelineError as exc:
+        print(f"fakeforge run: error: {exc}", file=sys.stderr)
+        return 1
+    if result["report"]:
+        print(f"report: {result['report']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- demo
+DEMO_NOTE = ("These numbers come from tiny random-weight twins: the fakes look nothing like real generators' "
+             "output, so they say nothing about real detectors. They show that every stage works end to end.")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--config", default="demo", help="pipeline config (default: demo)")
+    parser.epilog = ("Runs the demo pipeline offline with tiny twins: real sample photos -> fake sets -> shards ->\n"
+                     "AntifakePrompt training -> evaluation -> report.html. Rerun to resume.")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    cfg = load_pipeline(args.config, output=args.out)
+    try:
+        result = Pipeline(cfg, tiny=True).run()
+    except PipelineError as exc:
+        print(f"fakeforge demo: error: {exc}", file=sys.stderr)
+        return 1
+    print("\nheld-out test data (photo crops never used in training):")
+    for folder in result["evals"]:
+        data = json.loads((Path(folder) / "results.json").read_text())
+        accs = {k: v["accuracy"] for k, v in data["sets"].items() if v.get("accuracy") is not None}
+        avg = data.get("average_accuracy")
+        print(f"  {data.get('method', Path(folder).name):16s} average accuracy {100 * (avg or 0):6.2f}%  "
+              + "  ".join(f"{k} {100 * v:.1f}" for k, v in accs.items()))
+    print(f"\n{DEMO_NOTE}\nreport:  {result['report']}\ndata:    {cfg.output}/data (verified WebDataset shards, "
+          f"dataset cards)\nreal weights (GPU, downloads the models):  fakeforge run --config {args.config} "
+          f"--out runs/demo_real")
+    return 0
