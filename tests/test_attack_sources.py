@@ -95,6 +95,7 @@ def test_attack_build_on_imagefolder_records_labels_and_skips_unusable_images(tm
     cfg.write_text(yaml.safe_dump({
         "output": str(tmp_path / "out"), "source": {"kind": "imagefolder", "images_dir": str(root)},
         "image": {"format": "jpeg"}, "shards": {"max_count": 10},
+        "max_failed_fraction": 0.5,  # 2 of 5 unusable on purpose
         "sets": [{"name": "adv", "generator": "adv_fgsm"}, {"name": "real", "generator": "real"}]}))
     assert cli_main(["build", "--config", str(cfg), "--tiny", "--tiny-dir", tiny_dir, "--no-progress"]) == 0
     summary = verify_dataset(tmp_path / "out")
