@@ -217,19 +217,22 @@ def load_detectors(paths: list[str | Path], device: str | torch.device | None = 
     detector name), then each family loads its checkpoints together and shares what it can (AntifakePrompt
     checkpoints on one base model come back as `detector.checkpoint.SharedBaseCheckpoint`s).
     `zero_shot_model_id`: the base model of "zero-shot" entries."""
+    from detector.backbones import sharing_backbones
+
     classes = [detector_class_of(p) for p in paths]
     out: list = [None] * len(paths)
-    for i, path in enumerate(paths):
-        if str(path).lower() in ZERO_SHOT:
-            overrides = {"model_id": zero_shot_model_id} if zero_shot_model_id else None
-            out[i] = classes[i].load(path, device=device, tiny=tiny, model_overrides=overrides)
-    for cls in dict.fromkeys(classes):
-        index = [i for i, c in enumerate(classes) if c is cls and out[i] is None]
-        if len(index) == 1:
-            out[index[0]] = cls.load(paths[index[0]], device=device, tiny=tiny)
-        elif index:
-            for i, det in zip(index, cls.load_many([paths[i] for i in index], device=device, tiny=tiny)):
-                out[i] = det
+    with sharing_backbones():  # detectors of any family on the same frozen backbone load it once
+        for i, path in enumerate(paths):
+            if str(path).lower() in ZERO_SHOT:
+                overrides = {"model_id": zero_shot_model_id} if zero_shot_model_id else None
+                out[i] = classes[i].load(path, device=device, tiny=tiny, model_overrides=overrides)
+        for cls in dict.fromkeys(classes):
+            index = [i for i, c in enumerate(classes) if c is cls and out[i] is None]
+            if len(index) == 1:
+                out[index[0]] = cls.load(paths[index[0]], device=device, tiny=tiny)
+            elif index:
+                for i, det in zip(index, cls.load_many([paths[i] for i in index], device=device, tiny=tiny)):
+                    out[i] = det
     return out
 
 

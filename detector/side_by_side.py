@@ -178,8 +178,10 @@ def comparison_markdown(rows: list[dict]) -> str:
         acc.append(f"| {r['method']} | {r['train_set']} | {format_params(r['trainable_parameters'])} | "
                    + " | ".join(_pct(r["sets"][n]["accuracy"]) for n in names)
                    + f" | **{_pct(r['average_accuracy'])}** |")
-    out = ["# Side-by-side evaluation", "", f"Decision threshold on P(fake): "
-           + ", ".join(f"{r['method']} {r['threshold']:.4f}" for r in rows), "",
+    thresholds = {r["threshold"] for r in rows}
+    threshold = (f"{thresholds.pop():.4f}" if len(thresholds) == 1 else
+                 ", ".join(f"{r['method']} {r['threshold']:.4f}" for r in rows))
+    out = ["# Side-by-side evaluation", "", f"Decision threshold on P(fake): {threshold}", "",
            "## Accuracy (%) per set", "", *acc, ""]
     fake_sets = [n for n in names if any(r["sets"][n]["auc"] is not None and not math.isnan(r["sets"][n]["auc"])
                                          for r in rows)]

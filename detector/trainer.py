@@ -114,11 +114,14 @@ class Trainer:
                               "it or choose another output directory")
         if not self.resume:
             return
-        if not state.is_file():
+        # a feature fit interrupted before it saved last/ is resumed by fitting again (cached features are reused)
+        refit = self.cls.fit_mode != FIT_GRADIENT and (self.out / CONFIG_FILE).is_file()
+        if not state.is_file() and not refit:
             raise ConfigError(f"--resume: nothing to resume in '{self.out}' (no last/{STATE_FILE})")
         from detector.io import detector_class_of
 
-        found = detector_class_of(self.out / "last")
+        saved_run = next((self.out / d for d in ("last", "init") if (self.out / d / META_FILE).is_file()), None)
+        found = detector_class_of(saved_run) if saved_run else self.cls
         if found.name != self.cfg.detector:
             raise CheckpointError(f"--resume: '{self.out}' holds a {found.name!r} run, but the config trains "
                                   f"{self.cfg.detector!r}; choose another output directory")
