@@ -180,3 +180,59 @@ def test_calibration_is_per_detector(checkpoints, sets, tmp_path, capsys):
         thresholds[name] = res["threshold"]
     assert thresholds["afp_a"] != thresholds["dfa"]
     capsys.readouterr()
+
+
+def test_old_antifakeprompt_folders_load_through_the_generic_entry(checkpoints, sets, tmp_path, caplog, capsys):
+    """A version-1 AntifakePrompt folder (fewer model keys, no prompt pieces or precision recorded) and a version-2
+    one open through `load_detector` and score alike; the version-1 warning is kept."""
+    import shutil
+
+    from detector.antifakeprompt import AntifakePrompt
+    from detector.io import load_detector
+
+    v2 = checkpoints["afp_a"]
+    v1 = tmp_path / "v1"
+    shutil.copytree(v2, v1)
+    meta = json.loads((v1 / "detector.json").read_text())
+    keep = ("model_id", "question", "pseudo_word", "position", "real_answer", "fake_answer", "scoring")
+    old = {"format": "fakeforge.antifakeprompt", "format_version": 1, "detector": "antifakeprompt",
+           "model": {k: meta["model"][k] for k in keep}, "prompt": meta["prompt"], "preprocess": meta["preprocess"],
+           "training": {}}
+    (v1 / "detector.json").write_text(json.dumps(old))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dets = [load_detector(p, device="cpu") for p in (v1, v2)]
+    assert all(isinstance(d, AntifakePrompt) for d in dets)
+    assert torch.equal(dets[0].score(x), dets[1].score(x))
+    assert "format version 1" in caplog.text
+    assert fakeforge_main(["eval", "--checkpoint", str(v1), str(v2), "--sets", *sets["specs"][:1], "--out",
+                           str(tmp_path / "eval"), "--no-plots"]) == 0
+    assert _scores(tmp_path / "eval" / "v1") == _scores(tmp_path / "eval" / "afp_a")
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["dfa", "knn"])
+def test_detect_and_stats_work_for_every_family(checkpoints, sets, name, tmp_path, capsys):
+    """`detect` on another family's checkpoint: its banner, a verdict per good image, the bad ones listed;
+    `stats --checkpoint` measures after that checkpoint's own resize rule (only detector.json is read)."""
+    from PIL import Image
+
+    real = Path(sets["specs"][1].split(":", 1)[1])
+    assert fakeforge_main(["detect", "--checkpoint", str(checkpoints[name]), "--real_dir", str(real)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"checkpoint: {checkpoints[name]}  detector: ")
+    assert sum("(P(fake) = " in line for line in out) == 4 + 4 and sum(line.startswith("skipped ") for line in out) == 4
+    stats = tmp_path / "stats.json"
+    assert fakeforge_main(["stats", "--sets", f"x=real:{real}", "--checkpoint", str(checkpoints[name]),
+                           "--out", str(stats)]) == 0
+    got = json.loads(stats.read_text())
+    meta = json.loads((checkpoints[name] / "detector.json").read_text())["preprocess"]
+    assert got["preprocess"]["resize"] == meta["resize"] and got["image_size"] == meta["image_size"]
+    img = Image.new("RGB", (64, 32), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 8, 32))  # a blue stripe at the left edge: kept by a square resize only
+    (tmp_path / "one").mkdir()
+    img.save(tmp_path / "one" / "a.png")
+    assert fakeforge_main(["stats", "--sets", f"x=real:{tmp_path / 'one'}", "--checkpoint",
+                           str(checkpoints[name]), "--out", str(stats)]) == 0
+    blue = json.loads(stats.read_text())["mean"][2]
+    assert (blue > 0.05) == (meta["resize"] == "square"), (blue, meta["resize"])
+    capsys.readouterr()
