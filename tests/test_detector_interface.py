@@ -261,9 +261,12 @@ def test_benchmark_smoke(tiny_dir, capsys, tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     assert bench.main(["--iters", "1", "--warmup", "0", "--batch-size", "4", "--bank", "20", "--fit-images", "8",
-                       "--workers", "1", "--json", str(out)]) == 0
+                       "--workers", "1", "--eval-images", "4", "--eval-size", "48", "--repeats", "1", "--checkpoints",
+                       "2", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res["scoring"]) == set(NEW_FAMILIES)
+    assert set(res["scoring"]) == {"antifakeprompt", *NEW_FAMILIES}
+    assert res["multi_eval"]["scores_identical"] and len(res["multi_eval"]["checkpoints"]) == 5
+    assert res["multi_eval_from_folders"]["speedup"] > 0
     assert res["probe_fit"]["from_images"]["built"] == ["coco", "sd2"]
     assert res["probe_fit"]["from_cache"]["reused"] == ["coco", "sd2"] and res["probe_fit"]["images"] == 16
     assert "trainable parameters: " in capsys.readouterr().out
