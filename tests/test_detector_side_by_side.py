@@ -133,9 +133,11 @@ def test_one_table_in_the_paper_layout(checkpoints, sets, tmp_path, capsys):
     assert "--name gives 2 label(s) for 3 checkpoint(s)" in capsys.readouterr().err
 
 
-def test_shared_stages_run_once_per_batch(checkpoints, sets, tiny_dir):
-    """AntifakePrompt checkpoints on one base load ONE model; the vision encoder runs once per batch for a and b
-    (same statistics) and once more for c; the probe and kNN on one backbone share one features() pass."""
+def test_shared_stages_run_once_per_batch(checkpoints, sets, tiny_dir, monkeypatch):
+    """Every image is decoded once; AntifakePrompt checkpoints on one base load ONE model; the vision encoder runs
+    once per batch for a and b (same statistics) and once more for c; the probe and kNN on one backbone share one
+    features() pass."""
+    import detector.data
     from detector.data import parse_set_specs
     from detector.io import load_detectors
     from detector.side_by_side import Entry, score_sets
@@ -156,9 +158,18 @@ def test_shared_stages_run_once_per_batch(checkpoints, sets, tiny_dir):
     dets[3].backbone.register_forward_hook(count("backbone"))
     entries = [Entry(n, d) for n, d in zip(names, dets)]
     specs = parse_set_specs(sets["specs"][:1])  # 20 shard samples
+    real_load_image = detector.data.load_image
+    decoded = []
+
+    def counting_load_image(source, loading="fakeforge"):
+        decoded.append(1)
+        return real_load_image(source, loading)
+
+    monkeypatch.setattr(detector.data, "load_image", counting_load_image)
     timing = score_sets(entries, specs, batch_size=4, progress=False)
+    monkeypatch.undo()
     batches = 2 * 3  # two sets of 10 images in batches of 4
-    assert calls == {"vision": 2 * batches, "backbone": batches}
+    assert calls == {"vision": 2 * batches, "backbone": batches} and len(decoded) == 20
     assert timing["shared_stages"] == 2
     alone = {}
     for name, det in zip(names, dets):  # each detector alone gives the same scores
