@@ -20,6 +20,11 @@ A detector is an `nn.Module` subclass of `Detector`, registered in `detector.DET
   interpolation, crop, mean/std, train augmentation) is set by `from_config` from the backbone or the
   recipe, may be replaced by the trainer (e.g. mean/std measured on the data), is saved in the
   checkpoint JSON and restored on load.
+
+AntifakePrompt (`detector/antifakeprompt.py`), DeepFake-Adapter (`detector/deepfake_adapter.py`) and the
+frozen-feature heads (`detector/frozen_features.py`, `detector/disentangle.py`) implement it; the trainer
+(`detector/trainer.py`), `detect`/`eval`/`stats` (`detector/cli.py`) and the side-by-side eval
+(`detector/side_by_side.py`) use nothing else.
 * **State** — `checkpoint_state()` -> the tensors that make this detector differ from its base model
   (trainable parameters plus the buffers that training changes, such as BatchNorm statistics or a
   kNN feature bank); `load_checkpoint_state(tensors, source)` is strict. The frozen base model is never
@@ -27,7 +32,6 @@ A detector is an `nn.Module` subclass of `Detector`, registered in `detector.DET
   identity differs is refused, naming both (`check_identity`). `detector.io.save_detector` /
   `load_detector` write/read `weights.safetensors` + `detector.json` (detector name, format version,
   config, identity, preprocessing, training summary).
-
 * **Training policy** — `check_train_config(cfg)` runs the family's checks on a `TrainConfig` before any
   model loads; `data_statistics` (normalise by mean/std measured on the training data: AntifakePrompt) and
   `resizable_input` (`data.image_size` sets the input size) say which `data.*` keys a family reads;

@@ -39,7 +39,7 @@ def _overrides(data, family: str) -> list[str]:
 
 
 def _args(data, family: str, out: Path, cache: Path) -> list[str]:
-    args = ["--config", f"{family}_tiny", "--out", str(out), "--set", f"data.feature_cache={cache}"]
+    args = ["--config", family, "--tiny", "--out", str(out), "--set", f"data.feature_cache={cache}"]
     for o in _overrides(data, family):
         args += ["--set", o]
     return args
@@ -55,8 +55,8 @@ def runs(data, tiny_dir):
     out = {}
     for family in FAMILIES:
         folder = data["root"] / "runs" / family
-        cfg = load_train_config(f"{family}_tiny", _overrides(data, family) + [f"data.feature_cache={folder}.cache"],
-                                out=str(folder))
+        cfg = load_train_config(family, _overrides(data, family) + [f"data.feature_cache={folder}.cache"],
+                                tiny=True, out=str(folder))
         trainer = Trainer(cfg)
         trainer.fit()
         out[family] = {"out": folder, "trainer": trainer, "cache": Path(f"{folder}.cache")}
@@ -200,10 +200,15 @@ def test_another_detectors_checkpoint_or_run_is_refused_naming_both(runs, data, 
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("config", ["antifakeprompt", "deepfake_adapter", "linear_probe", "nearest_neighbor",
-                                    "contrastive_disentangle"])
-def test_every_full_size_config_trains_with_tiny(config, data, tiny_dir, tmp_path):
-    """`--tiny` on the real recipe: its `tiny:` block, then the twins; one short run ends with best/ and init/."""
+def _config_names() -> list[str]:
+    from fakeforge.config import CONFIG_ROOT
+
+    return sorted(p.stem for p in (CONFIG_ROOT / "detector").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", _config_names())
+def test_every_config_trains_with_tiny(config, data, tiny_dir, tmp_path):
+    """`--tiny` on every shipped config: its `tiny:` block, then the twins; a short run ends with best/ and init/."""
     import train
 
     out = tmp_path / "run"
