@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"side-by-side eval of {len(multi['checkpoints'])} detectors ({args.checkpoints} AntifakePrompt checkpoints "
           f"on one base, DeepFake-Adapter, probe + kNN on one backbone) on {multi['images']} images: "
           f"{multi['side_by_side_s']:.2f} s vs {multi['one_by_one_s']:.2f} s one after another, speed-up "
-          f"{multi['speedup']:.2f}x (AntifakePrompt scoring alone {a['one_by_one']:.2f} s -> {a['side_by_side']:.2f} s, "
+          f"{multi['speedup']:.2f}x (AntifakePrompt scoring alone {a['one_by_one']:.2f} s -> "
+          f"{a['side_by_side']:.2f} s, "
           f"{a['speedup']:.2f}x); scores identical: {multi['scores_identical']}")
     if not args.full_size:
         folders = folder_eval_timing(dets, args.checkpoints, n_eval, bs, args.eval_size, args.repeats)

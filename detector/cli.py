@@ -329,8 +329,14 @@ def run_eval(args: argparse.Namespace) -> int:
     table."""
     from detector.data import parse_set_specs
     from detector.evaluate import check_plotting, summarize, write_reports
-    from detector.side_by_side import Entry, comparison_rows, folder_names, score_sets, unique_labels, \
-        write_comparison
+    from detector.side_by_side import (
+        Entry,
+        comparison_rows,
+        folder_names,
+        score_sets,
+        unique_labels,
+        write_comparison,
+    )
     from fakeforge.config import ConfigError
 
     checkpoints = [str(c) for c in args.checkpoint]

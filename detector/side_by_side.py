@@ -187,7 +187,8 @@ def comparison_markdown(rows: list[dict]) -> str:
                                          for r in rows)]
     for metric, title in (("auc", "AUC"), ("ap", "AP")):
         out += [f"## {title} (%) per set (the set's fakes against all real samples)", "",
-                "| Method | " + " | ".join(fake_sets) + " | **Avg** | overall |", "|---|" + "---|" * (len(fake_sets) + 2)]
+                "| Method | " + " | ".join(fake_sets) + " | **Avg** | overall |",
+                "|---|" + "---|" * (len(fake_sets) + 2)]
         for r in rows:
             vals = [r["sets"][n][metric] for n in fake_sets]
             out.append(f"| {r['method']} | " + " | ".join(_pct(v) for v in vals)

@@ -78,8 +78,8 @@ def test_best_beats_the_runs_own_init_on_held_out_data(runs, data, family, tmp_p
     from fakeforge.cli import main as fakeforge_main
 
     out = runs[family]["out"]
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["best", "config.yaml", "init", "last",
-                                                                              "metrics.csv"]
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert files == ["best", "config.yaml", "init", "last", "metrics.csv"]
     assert fakeforge_main(["eval", "--checkpoint", str(out / "init"), str(out / "best"), "--sets",
                            str(data["test"]), "--out", str(tmp_path), "--no-plots"]) == 0
     before, after = _accuracy(tmp_path / "init"), _accuracy(tmp_path / "best")

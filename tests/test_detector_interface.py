@@ -216,8 +216,8 @@ def test_load_gives_identical_scores_and_preprocessing(probe_ckpt, tmp_path):
 
 def test_checkpoint_for_another_detector_or_backbone_is_refused(probe_ckpt, tmp_path):
     from detector.base import CheckpointError
-    from detector.io import load_detector, load_detector_state
     from detector.frozen_features import NearestNeighbor, NearestNeighborConfig
+    from detector.io import load_detector, load_detector_state
 
     with pytest.raises(CheckpointError, match="'linear_probe' detector, but 'nearest_neighbor' was asked for"):
         load_detector(probe_ckpt["path"], expect="nearest_neighbor")
