@@ -223,3 +223,23 @@ def test_every_config_trains_with_tiny(config, data, tiny_dir, tmp_path):
     meta = json.loads((out / "best" / "detector.json").read_text())
     model = meta["model"]
     assert (model.get("model_id") or model.get("backbone")).startswith("tiny:")
+
+
+def test_config_errors_are_one_line_before_any_model_loads(data, tmp_path, capsys):
+    """Bad values for any family stop `train.py` with one line naming the key; the backbone named is never
+    loaded (it does not exist, and the error is still the config's)."""
+    import train
+
+    missing = f"local-dir:{tmp_path / 'no_such_vit'}"
+    cases = [("deepfake_adapter", ["--set", "train.batch_size=1"], "train.batch_size = 1"),
+             ("deepfake_adapter", ["--set", "data.image_size=64"], "data.image_size = 64"),
+             ("deepfake_adapter", ["--set", "optim.schedule=cosine"], "optim.schedule"),
+             ("linear_probe", ["--set", "data.mix={coco: 1}"], "data.mix"),
+             ("nearest_neighbor", ["--set", "model.k=0"], "model.k = 0")]
+    for config, extra, words in cases:
+        args = ["--config", config, "--out", str(tmp_path / "run"), "--set", f"data.train=[{data['train']}]"]
+        backbone = missing if config == "deepfake_adapter" else f"timm:{missing}"
+        assert train.main([*args, "--set", f"model.backbone={backbone}", *extra]) == 2, (config, extra)
+        err = capsys.readouterr().err
+        assert words in err and "no_such_vit" not in err and len(err.strip().splitlines()) == 1, (config, err)
+    assert not (tmp_path / "run").exists()
