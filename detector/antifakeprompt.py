@@ -26,10 +26,13 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import re
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -44,7 +47,11 @@ from detector.afp_loading import (
     resolve_precision,
     swap_llm_weights,
 )
+from detector.base import FIT_GRADIENT, Detector, Preprocess
 from fakeforge.config import ConfigError
+
+if TYPE_CHECKING:
+    from detector.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,10 @@ class AntifakePromptConfig:
             raise ConfigError("model.lm_bos_token must not be empty (the official prompt starts with </s>)")
         if self.dtype not in PRECISIONS:
             raise ConfigError(f"model.dtype = {self.dtype!r} is not one of {list(PRECISIONS)}")
+
+    def to_tiny(self) -> "AntifakePromptConfig":
+        """The same detector on the tiny InstructBLIP twin (`--tiny`): no separate LLM weights, float32."""
+        return replace(self, model_id="tiny:instructblip", llm_id=None, dtype="float32")
 
     @property
     def prompt(self) -> str:
@@ -175,13 +186,26 @@ def encode_prompt(tokenizer, chunks: list[str], pseudo_id: int | None, head: lis
     return ids + list(tail)
 
 
-class AntifakePrompt(nn.Module):
-    """InstructBLIP + the `[*]` pseudo-word: training loss and P(fake) scores for batches of images."""
+class AntifakePrompt(Detector):
+    """InstructBLIP + the `[*]` pseudo-word: training loss and P(fake) scores for batches of images.
+
+    Behind `detector.base.Detector`: the trained state is the two rows (`rows()` / `load_rows()`), checkpoints
+    keep AntifakePrompt's own format (`detector/checkpoint.py`), the input size and mean/std come from the
+    training data (`data.image_size`, `data.mean/std` or measured), and the vision encoder is the shared stage
+    of a side-by-side eval."""
+
+    name: ClassVar[str] = "antifakeprompt"
+    config_class: ClassVar[type] = AntifakePromptConfig
+    fit_mode: ClassVar[str] = FIT_GRADIENT
+    scoring_methods: ClassVar[tuple[str, ...]] = ("logits", "loss")
+    weights_file: ClassVar[str] = "pseudo_word.safetensors"
+    accepted_formats: ClassVar[tuple[str, ...]] = ("fakeforge.antifakeprompt",)
+    data_statistics: ClassVar[bool] = True
+    resizable_input: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor, config: AntifakePromptConfig,
                  precision: Precision | None = None):
-        super().__init__()
-        self.config = config
+        super().__init__(config, Preprocess())
         self.model = model
         self.precision = precision or precision_of(model)
         self.lm_tokenizer = processor.tokenizer
@@ -215,6 +239,7 @@ class AntifakePrompt(nn.Module):
         self.answer_ids = [self._answer_ids(config.real_answer), self._answer_ids(config.fake_answer)]
         if config.scoring == "logits":
             self._check_one_pass()
+        self.preprocess = Preprocess.from_dict(default_preprocess(self.image_processor))
         self.eval()
 
     # ----------------------------------------------------------------------------------------- building
@@ -329,6 +354,21 @@ class AntifakePrompt(nn.Module):
             self.qformer_embed.row.copy_(rows["qformer_row"].reshape(1, -1))
             self.lm_embed.row.copy_(rows["lm_row"].reshape(1, -1))
 
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        return self.rows()
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        self.load_rows(tensors, source)
+
+    def identity(self) -> dict:
+        """The base model (shown) and the row widths (compared): rows only fit tables of their width."""
+        return {"detector": self.name, "base_model": self.config.model_id, "row_widths": self.row_widths()}
+
+    def trainable_summary(self) -> str:
+        widths = self.row_widths()
+        return (f"trainable parameters: {self.num_trainable():,} = {widths['qformer']} (Q-Former row) + "
+                f"{widths['lm']} (LM row); precision {self.precision.describe()}")
+
     def prompt_pieces(self) -> dict[str, list[str]]:
         """The LM and Q-Former prompt as token pieces (what the model reads after the query embeddings)."""
         return {"lm": self.lm_tokenizer.convert_ids_to_tokens(self.lm_prompt_ids),
@@ -374,10 +414,19 @@ class AntifakePrompt(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected query outputs [B, num_query_tokens, LM width] for a batch of normalised images."""
+        return self.query_features(self.vision_embeds(pixel_values))
+
+    def vision_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen vision encoder's last hidden state for a batch of normalised images (no pseudo-word in it:
+        the stage several checkpoints on one base share)."""
         m, p = self.model, self.precision
-        b = pixel_values.shape[0]
         with self._autocast(p.autocast):
-            image_embeds = m.vision_model(pixel_values=pixel_values.to(self.device, p.vision)).last_hidden_state
+            return m.vision_model(pixel_values=pixel_values.to(self.device, p.vision)).last_hidden_state
+
+    def query_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Q-Former (with the prompt, so the Q-Former row) + projection of vision-encoder outputs."""
+        m, p = self.model, self.precision
+        b = image_embeds.shape[0]
         # Official inference runs the Q-Former and the projection outside autocast (float32); the official
         # training step runs everything under autocast (which the trainer's accelerator then provides).
         qf_context = contextlib.nullcontext() if self.training else torch.autocast(self.device.type, enabled=False)
@@ -453,23 +502,137 @@ class AntifakePrompt(nn.Module):
     @torch.no_grad()
     def score_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """P(fake) from one forward pass: softmax over the two one-token answers' next-token logits."""
-        self._check_one_pass()
-        batch = self._lm_batch([[] for _ in range(pixel_values.shape[0])])
-        last = self._lm_logits(self.image_features(pixel_values), batch, keep=1)[:, -1]
-        pair = last[:, [self.answer_ids[0][0], self.answer_ids[1][0]]]
-        return pair.softmax(-1)[:, 1].cpu()
+        return self._logits_rule(self.vision_embeds(pixel_values))
 
     @torch.no_grad()
     def score_loss(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """P(fake) by the paper's rule: sigmoid(loss(real answer) - loss(fake answer)); > 0.5 iff fake wins."""
-        losses = self.candidate_losses(pixel_values)
+        return self._loss_rule(self.vision_embeds(pixel_values))
+
+    def _logits_rule(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        self._check_one_pass()
+        batch = self._lm_batch([[] for _ in range(image_embeds.shape[0])])
+        last = self._lm_logits(self.query_features(image_embeds), batch, keep=1)[:, -1]
+        pair = last[:, [self.answer_ids[0][0], self.answer_ids[1][0]]]
+        return pair.softmax(-1)[:, 1].cpu()
+
+    def _loss_rule(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        b, c = image_embeds.shape[0], len(self.answer_ids)
+        features = self.query_features(image_embeds).repeat_interleave(c, dim=0)
+        nll, valid, _ = self._answer_nll(features, [list(self.answer_ids[j]) for _ in range(b) for j in range(c)])
+        losses = (nll * valid).sum(1).view(b, c)
         return torch.sigmoid(losses[:, 0] - losses[:, 1]).cpu()
 
     def score(self, pixel_values: torch.Tensor, method: str | None = None) -> torch.Tensor:
         """P(fake) per image with `method` ("logits" or "loss"; default from the config)."""
+        return self.score_from_shared(self.shared_stage(pixel_values), method)
+
+    @torch.no_grad()
+    def score_from_shared(self, stage: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        """P(fake) from vision-encoder outputs (`vision_embeds`) with `method`."""
         method = method or self.config.scoring
         if method == "logits":
-            return self.score_logits(pixel_values)
+            return self._logits_rule(stage)
         if method == "loss":
-            return self.score_loss(pixel_values)
+            return self._loss_rule(stage)
         raise ConfigError(f"scoring = {method!r} must be 'logits' or 'loss'")
+
+    @torch.no_grad()
+    def shared_stage(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_embeds(pixel_values)
+
+    def shared_stage_key(self, preprocess: Preprocess | None = None) -> str:
+        """Same base weights (model and LLM ids), precision and preprocessing: the same vision-encoder outputs."""
+        c = self.config
+        blob = json.dumps([c.model_id, c.llm_id, self.precision.describe(), c.attn_implementation,
+                           str(self.device), (preprocess or self.preprocess).key()], sort_keys=True, default=str)
+        return "afp-vision:" + hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    # ------------------------------------------------------------------------------------------ training
+    @classmethod
+    def check_train_config(cls, cfg: "TrainConfig") -> None:
+        super().check_train_config(cfg)
+        if cfg.model.zero_shot:
+            raise ConfigError("model.zero_shot = true has nothing to train")
+
+    @torch.no_grad()
+    def validation_step(self, pixel_values: torch.Tensor, labels: torch.Tensor):
+        """The training loss summed over the batch's answer tokens, their count, and the one-pass P(fake) read from
+        the same forward pass (the loss rule's for answers longer than one token)."""
+        targets = self.target_ids(labels)
+        losses, p_fake = self.answer_losses(pixel_values, targets, return_scores=True)
+        if not all(len(a) == 1 for a in self.answer_ids):
+            p_fake = self.score_loss(pixel_values)
+        tokens = torch.tensor(float(sum(map(len, targets))), device=losses.device)
+        return losses.sum(), tokens, p_fake
+
+    # ------------------------------------------------------------------------------------------ I/O hooks
+    def save(self, out_dir: str | Path, training: dict | None = None) -> Path:
+        """An AntifakePrompt checkpoint folder (`detector/checkpoint.py`'s format, unchanged)."""
+        from detector.checkpoint import preprocess_dict, save_checkpoint
+
+        return save_checkpoint(self, out_dir, preprocess_dict(self.preprocess), training)
+
+    @classmethod
+    def load(cls, path: str | Path, device=None, tiny: bool = False,
+             model_overrides: dict | None = None) -> "AntifakePrompt":
+        from detector.checkpoint import load_checkpoint
+
+        extra = dict(model_overrides or {})
+        scoring, model_id = extra.pop("scoring", None), extra.pop("model_id", None)
+        if extra:
+            raise ConfigError(f"model overrides {sorted(extra)} are not supported for AntifakePrompt checkpoints")
+        return load_checkpoint(path, device=device, tiny=tiny, scoring=scoring, model_id=model_id)[0]
+
+    @classmethod
+    def load_many(cls, paths: list, device=None, tiny: bool = False) -> list:
+        """Checkpoints on the same base model and prompt share ONE loaded model (their rows are swapped in per
+        batch); see `detector.checkpoint.load_checkpoints`."""
+        from detector.checkpoint import load_checkpoints
+
+        return load_checkpoints(paths, device=device, tiny=tiny)
+
+    def restore(self, path: str | Path) -> dict:
+        """The rows and preprocessing of a checkpoint folder into this detector (resume)."""
+        from detector.checkpoint import META_FILE, ROWS_FILE, read_meta, read_rows
+
+        path = Path(path)
+        meta = read_meta(path / META_FILE)
+        self.load_rows(read_rows(path / ROWS_FILE), source=f"'{path}'")
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        return meta
+
+    # ------------------------------------------------------------------------------------------ reporting
+    def banner(self, checkpoint: str, image_loading: str = "fakeforge", method: str | None = None,
+               preprocess: Preprocess | None = None) -> list[str]:
+        """What runs: base model, precision, prompt tokens, preprocessing, scoring rule."""
+        pieces = self.prompt_pieces()
+        scoring = method or self.config.scoring
+        pre = preprocess or self.preprocess
+        rule = ("one forward pass; the same decisions as the paper's loss rule for one-token answers"
+                if scoring == "logits" else "the paper's rule: summed answer-token losses of both candidates")
+        return [f"checkpoint: {checkpoint}  base model: {self.config.model_id}"
+                + (f" + LLM {self.config.llm_id}" if self.config.llm_id else ""),
+                f"precision: {self.precision.describe()} on {self.device}",
+                f"prompt: {self.prompt!r}  LM tokens: {' '.join(pieces['lm'])}  "
+                f"Q-Former tokens: {' '.join(pieces['qformer'])}",
+                f"preprocess: {pre.image_size} px, bicubic resize of the shorter side + centre crop; mean {pre.mean} "
+                f"std {pre.std} ({pre.source or 'checkpoint'})",
+                f"scoring: {scoring} ({rule}); image loading: {image_loading}"]
+
+    def report_info(self, method: str | None = None, preprocess: Preprocess | None = None) -> dict:
+        from detector.checkpoint import preprocess_dict
+
+        return {"scoring": method or self.config.scoring, "prompt": self.prompt,
+                "prompt_pieces": self.prompt_pieces(), "precision": self.precision.as_dict(),
+                "preprocess": preprocess_dict(preprocess or self.preprocess)}
+
+
+def default_preprocess(image_processor: Any) -> dict:
+    """Image size and normalisation of the base model's own image processor (used when none is given)."""
+    size = image_processor.size
+    if not isinstance(size, int):  # a dict in some versions, a SizeDict in others
+        get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+        size = get("height") or get("shortest_edge")
+    return {"image_size": int(size), "mean": [float(v) for v in image_processor.image_mean],
+            "std": [float(v) for v in image_processor.image_std], "source": "base model image processor"}

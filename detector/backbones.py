@@ -17,6 +17,7 @@ of the loaded model, so it always matches the weights.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -36,6 +37,20 @@ LIBRARIES = ("open_clip", "transformers", "timm")
 TINY_BACKBONES = {"open_clip_vit": "open_clip", "hf_clip_vit": "transformers", "timm_vit": "timm",
                   "timm_resnet": "timm"}
 _LOCAL_PREFIXES = ("local-dir:", "hf-hub:")
+_SHARED: dict | None = None  # inside `sharing_backbones()`: (spec, device, dtype) -> loaded FeatureBackbone
+
+
+@contextlib.contextmanager
+def sharing_backbones():
+    """Within this block, loading the same backbone spec on the same device and dtype twice returns the one
+    already loaded (frozen and in eval mode, so detectors can share it)."""
+    global _SHARED
+    outer = _SHARED
+    _SHARED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _SHARED = outer
 
 
 @dataclass(frozen=True)
@@ -247,6 +262,9 @@ class FeatureBackbone(nn.Module):
         """Load the backbone named by `spec` (checked first; unknown names list close matches)."""
         parsed = check_backbone(spec)
         device = pick_device(device)
+        share_key = (parsed.text, str(device), str(pick_dtype(dtype, device)))
+        if _SHARED is not None and share_key in _SHARED:
+            return _SHARED[share_key]
         try:
             model, pre, dim = _LOADERS[parsed.library](parsed)
         except (OSError, RuntimeError, ValueError) as exc:
@@ -256,6 +274,8 @@ class FeatureBackbone(nn.Module):
             raise ConfigError(f"cannot load backbone {spec!r}: {first}") from None
         backbone = cls(parsed.text, parsed.library, model, pre, dim)
         backbone.to(device=device, dtype=pick_dtype(dtype, device))
+        if _SHARED is not None:
+            _SHARED[share_key] = backbone
         log.info("backbone %s: %s, %d-d features, weights %s", spec, backbone.architecture["class"], dim,
                  backbone.fingerprint[:12])
         return backbone

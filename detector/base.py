@@ -20,6 +20,11 @@ A detector is an `nn.Module` subclass of `Detector`, registered in `detector.DET
   interpolation, crop, mean/std, train augmentation) is set by `from_config` from the backbone or the
   recipe, may be replaced by the trainer (e.g. mean/std measured on the data), is saved in the
   checkpoint JSON and restored on load.
+
+AntifakePrompt (`detector/antifakeprompt.py`), DeepFake-Adapter (`detector/deepfake_adapter.py`) and the
+frozen-feature heads (`detector/frozen_features.py`, `detector/disentangle.py`) implement it; the trainer
+(`detector/trainer.py`), `detect`/`eval`/`stats` (`detector/cli.py`) and the side-by-side eval
+(`detector/side_by_side.py`) use nothing else.
 * **State** — `checkpoint_state()` -> the tensors that make this detector differ from its base model
   (trainable parameters plus the buffers that training changes, such as BatchNorm statistics or a
   kNN feature bank); `load_checkpoint_state(tensors, source)` is strict. The frozen base model is never
@@ -27,25 +32,21 @@ A detector is an `nn.Module` subclass of `Detector`, registered in `detector.DET
   identity differs is refused, naming both (`check_identity`). `detector.io.save_detector` /
   `load_detector` write/read `weights.safetensors` + `detector.json` (detector name, format version,
   config, identity, preprocessing, training summary).
-
-How AntifakePrompt (`detector/antifakeprompt.py`) maps onto this interface without behaviour changes
-(phase B; nothing here changes it):
-
-| interface | AntifakePrompt today |
-|---|---|
-| `name`, `config_class`, `fit_mode` | "antifakeprompt", `AntifakePromptConfig`, "gradient" |
-| `from_config(cfg, device, tiny)` | exists with that signature |
-| `score(pixels, method)`, `scoring_methods` | exists; ("logits", "loss"): the one-pass and the loss-rule scorers |
-| `forward(pixels, labels)` | exists (answer-token cross-entropy) |
-| `trainable_parameters()`, `num_trainable()` | exist: the two embedding rows |
-| `checkpoint_state()` / `load_checkpoint_state(t, source)` | `rows()` / `load_rows(t, source)` (width check kept) |
-| `weights_file`, `accepted_formats` | "pseudo_word.safetensors", ("fakeforge.antifakeprompt",): old folders load as they are |
-| `identity()` | {"detector", "base_model": model_id, "row_widths"} (compare on `row_widths` only) |
-| `preprocess` | `Preprocess.from_dict(checkpoint["preprocess"])` — the old dict {image_size, mean, std, source} is accepted; bicubic shorter side + crop (+ random crop/flip in training) is the default rule |
-| `enable_gradient_checkpointing()` | exists |
-
-Phase B only has to add the class attributes and the four small methods above (delegating to
-`rows`/`load_rows`), and set `preprocess` from `default_preprocess` or the training statistics.
+* **Training policy** — `check_train_config(cfg)` runs the family's checks on a `TrainConfig` before any
+  model loads; `data_statistics` (normalise by mean/std measured on the training data: AntifakePrompt) and
+  `resizable_input` (`data.image_size` sets the input size) say which `data.*` keys a family reads;
+  `validation_step(pixels, labels)` gives the summed validation loss, its weight and P(fake) in one pass.
+* **I/O hooks** — `save(out_dir, training)`, `Cls.load(path, ...)` and `restore(path)` (tensors and
+  preprocessing into an existing detector, for `--resume`) default to `detector.io`'s format; AntifakePrompt
+  keeps its own (`detector/checkpoint.py`, `fakeforge.antifakeprompt`), listed in `accepted_formats`.
+  `Cls.load_many(paths, ...)` loads several checkpoints of one family for a side-by-side eval (families
+  override it to share what they can: one base model, one backbone).
+* **Shared stage** — `shared_stage_key()` names an expensive first stage that detectors with the same key
+  compute identically (a frozen backbone's features; AntifakePrompt's vision encoder); the side-by-side
+  eval then runs `shared_stage(pixels)` once and `score_from_shared(out, method)` per detector.
+  `score(pixels)` equals `score_from_shared(shared_stage(pixels))` wherever a key is given.
+* **Reporting** — `banner(checkpoint, image_loading)` (the first lines of detect/eval) and `report_info()`
+  (what eval's results.json records about the detector).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
@@ -62,6 +64,7 @@ from fakeforge.config import ConfigError
 
 if TYPE_CHECKING:
     from detector.feature_cache import FeatureSet
+    from detector.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,12 @@ class Preprocess:
             from detector.data import build_transform  # the AntifakePrompt rule, shared as it is
 
             return build_transform(self.image_size, self.mean, self.std, train=train)
+        return T.Compose([*self.resize_steps(train), T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def resize_steps(self, train: bool = False) -> list:
+        """The PIL -> PIL steps (resize, crop, training flip) before the tensor conversion."""
+        from torchvision import transforms as T
+
         mode = getattr(T.InterpolationMode, self.interpolation.upper())
         if self.resize == "square":
             steps: list = [T.Resize([self.image_size, self.image_size], interpolation=mode)]
@@ -140,7 +149,7 @@ class Preprocess:
             steps.append(T.RandomCrop(self.image_size) if use_random else T.CenterCrop(self.image_size))
         if train and self.train_augment in ("crop_flip", "flip"):
             steps.append(T.RandomHorizontalFlip())
-        return T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return steps
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -204,6 +213,8 @@ class Detector(nn.Module):
     # state_dict prefixes whose entries (parameters and buffers) make up checkpoint_state()
     state_prefixes: ClassVar[tuple[str, ...]] = ()
     min_train_batch: ClassVar[int] = 1  # a trainer skips smaller training batches (BatchNorm needs 2)
+    data_statistics: ClassVar[bool] = False  # data.mean/std (or measured training-set statistics) normalise inputs
+    resizable_input: ClassVar[bool] = False  # data.image_size sets the input size
 
     def __init__(self, config: Any, preprocess: Preprocess):
         super().__init__()
@@ -302,6 +313,87 @@ class Detector(nn.Module):
         """Extra facts for detector.json and the model card."""
         return {"trainable_summary": self.trainable_summary()}
 
+    # ----------------------------------------------------------------------------------------- training
+    @classmethod
+    def check_train_config(cls, cfg: "TrainConfig") -> None:
+        """Family checks of a training config (ConfigError naming the key), before any model loads."""
+        d = cfg.data
+        if d.image_size is not None and not cls.resizable_input:
+            raise ConfigError(f"data.image_size = {d.image_size}: {cls.name!r} takes its input size from its "
+                              "model (backbone); leave data.image_size null")
+        if (d.mean is not None or d.stats_file) and not cls.data_statistics:
+            key = "data.mean/std" if d.mean is not None else "data.stats_file"
+            raise ConfigError(f"{key}: {cls.name!r} normalises with its model's own statistics "
+                              "(model.mean/std or the backbone's); leave data.mean, data.std and data.stats_file "
+                              "null")
+        if cls.fit_mode == FIT_GRADIENT and cfg.train.batch_size < cls.min_train_batch:
+            raise ConfigError(f"train.batch_size = {cfg.train.batch_size}: {cls.name!r} needs training batches of "
+                              f"at least {cls.min_train_batch}")
+        if cls.fit_mode == FIT_FEATURES and d.mix:
+            raise ConfigError(f"data.mix = {d.mix}: {cls.name!r} fits on every cached training sample; "
+                              "sampling weights apply to gradient training only")
+
+    def validation_step(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       torch.Tensor]:
+        """(summed validation loss, its weight, P(fake) [B]) of a batch; the validation loss of a run is the sum
+        over all batches / the summed weights. Default: the training loss times the batch size."""
+        loss = self(pixels, labels).detach().float()
+        n = torch.tensor(float(len(labels)), device=loss.device)
+        return loss * n, n, self.score(pixels)
+
+    # ----------------------------------------------------------------------------------------- I/O hooks
+    def save(self, out_dir: str | Path, training: dict | None = None) -> Path:
+        """Write this detector as a checkpoint folder (`detector.io` format); returns the folder."""
+        from detector.io import save_detector
+
+        return save_detector(self, out_dir, training)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
+             model_overrides: dict | None = None) -> "Detector":
+        """Rebuild a detector of this family from its checkpoint folder (see `detector.io.load_detector`)."""
+        from detector.io import load_generic
+
+        return load_generic(cls, path, device, tiny, model_overrides)
+
+    @classmethod
+    def load_many(cls, paths: list[str | Path], device: str | torch.device | None = None,
+                  tiny: bool = False) -> list["Detector"]:
+        """Several checkpoints of this family (a side-by-side eval); families share what they can."""
+        return [cls.load(p, device=device, tiny=tiny) for p in paths]
+
+    def restore(self, path: str | Path) -> dict:
+        """Load a checkpoint's tensors and preprocessing into this detector (resume); returns its meta."""
+        from detector.io import load_detector_state
+
+        return load_detector_state(self, path)
+
+    # ----------------------------------------------------------------------------------------- shared stage
+    def shared_stage_key(self) -> str | None:
+        """Key of an expensive first stage other detectors with the same key compute identically (None: none)."""
+        return None
+
+    def shared_stage(self, pixels: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def score_from_shared(self, stage: Any, method: str | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------- reporting
+    def banner(self, checkpoint: str, image_loading: str = "fakeforge", method: str | None = None) -> list[str]:
+        """The first lines `detect` and `eval` print: what runs."""
+        p = self.preprocess
+        return [f"checkpoint: {checkpoint}  detector: {describe_identity(self.identity())}",
+                f"{self.trainable_summary()} on {self.device}",
+                f"preprocess: {p.image_size} px, {p.resize.replace('_', ' ')} resize ({p.interpolation}, crop "
+                f"{p.crop_pct}); mean {p.mean} std {p.std} ({p.source or 'checkpoint'})",
+                f"scoring: {self.check_method(method)}; image loading: {image_loading}"]
+
+    def report_info(self, method: str | None = None) -> dict:
+        """What an eval's results.json records about this detector."""
+        return {"detector": self.name, "scoring": self.check_method(method), "identity": self.identity(),
+                "trainable_parameters": self.num_trainable(), "preprocess": self.preprocess.to_dict()}
+
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
@@ -362,3 +454,23 @@ class FeatureDetector(Detector):
     def score(self, pixels: torch.Tensor, method: str | None = None) -> torch.Tensor:
         self.check_method(method)
         return self.score_features(self.features(pixels))
+
+    def shared_stage_key(self) -> str:
+        """Detectors on the same backbone weights, dtype and preprocessing share one `features()` pass."""
+        return f"features:{self.feature_key()}"
+
+    def shared_stage(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.features(pixels)
+
+    def score_from_shared(self, stage: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        self.check_method(method)
+        return self.score_features(stage)
+
+    @classmethod
+    def load_many(cls, paths: list[str | Path], device: str | torch.device | None = None,
+                  tiny: bool = False) -> list["Detector"]:
+        """Checkpoints on the same backbone load it once."""
+        from detector.backbones import sharing_backbones
+
+        with sharing_backbones():
+            return [cls.load(p, device=device, tiny=tiny) for p in paths]

@@ -9,6 +9,8 @@ A checkpoint folder holds:
                             loaded with torch.load(weights_only=True)
 
 `convert_lavis` turns an official AntifakePrompt LAVIS .pth into this format without unpickling code.
+`load_checkpoints` loads several checkpoints for a side-by-side eval: those on the same base model and prompt
+share one loaded model, each checkpoint's rows copied in before it scores.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import json
 import logging
 import pickle
 import platform
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from detector.antifakeprompt import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID, AntifakePrompt, AntifakePromptConfig
+from detector.base import FIT_GRADIENT, CheckpointError, Preprocess
 from fakeforge.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -40,10 +44,9 @@ LAVIS_LM_KEY = "llm_model.model.train_embed_tokens.weight"
 PAPER_MEAN = [0.4730, 0.4499, 0.4129]
 PAPER_STD = [0.2780, 0.2713, 0.2872]
 ZERO_SHOT = ("zero-shot", "zeroshot", "zero_shot")
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used: wrong format, unsafe pickle, rows for another base model."""
+# config fields that do not change the loaded model or the prompt (checkpoints differing only in them can share
+# one loaded base model in a side-by-side eval)
+ROW_ONLY_FIELDS = ("seed", "init_word", "row_init", "row_init_std", "scoring", "train_dropout")
 
 
 def library_versions() -> dict[str, str]:
@@ -61,20 +64,29 @@ def library_versions() -> dict[str, str]:
 
 def default_preprocess(detector: AntifakePrompt) -> dict:
     """Image size and normalisation of the base model's own image processor (used when none is given)."""
-    ip = detector.image_processor
-    size = ip.size
-    if not isinstance(size, int):  # a dict in some versions, a SizeDict in others
-        get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
-        size = get("height") or get("shortest_edge")
-    return {"image_size": int(size), "mean": [float(v) for v in ip.image_mean],
-            "std": [float(v) for v in ip.image_std], "source": "base model image processor"}
+    from detector.antifakeprompt import default_preprocess as from_processor
+
+    return from_processor(detector.image_processor)
 
 
-def save_checkpoint(detector: AntifakePrompt, out_dir: str | Path, preprocess: dict,
+def preprocess_dict(pre: Preprocess | dict) -> dict:
+    """The checkpoint's `preprocess` entry: {image_size, mean, std, source}, plus any resize rule that differs from
+    AntifakePrompt's (bicubic shorter side + centre crop, random crop + flip in training)."""
+    pre = pre if isinstance(pre, Preprocess) else Preprocess.from_dict(pre)
+    out = {"image_size": pre.image_size, "mean": list(pre.mean), "std": list(pre.std), "source": pre.source}
+    default = Preprocess()
+    for f in fields(pre):
+        if f.name not in out and getattr(pre, f.name) != getattr(default, f.name):
+            out[f.name] = getattr(pre, f.name)
+    return out
+
+
+def save_checkpoint(detector: AntifakePrompt, out_dir: str | Path, preprocess: dict | Preprocess,
                     training: dict | None = None) -> Path:
     """Write the two rows, detector.json and README.md into `out_dir`; returns the folder."""
     from safetensors.torch import save_file
 
+    preprocess = preprocess_dict(preprocess) if isinstance(preprocess, Preprocess) else dict(preprocess)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = detector.rows()
@@ -163,6 +175,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
         if scoring:
             cfg.scoring = scoring
         detector = AntifakePrompt.from_config(cfg, device=device, tiny=tiny)
+        detector.checkpoint_meta = {"detector": "antifakeprompt", "training": {"source": "zero-shot"},
+                                    "trainable_parameters": 0}
         return detector, default_preprocess(detector)
     path = Path(path)
     if path.is_file() and path.suffix in (".pth", ".pt"):
@@ -189,7 +203,107 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
         detector.load_rows(rows, source=f"checkpoint '{path}'")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
+    try:
+        detector.preprocess = Preprocess.from_dict(meta["preprocess"])
+    except ConfigError as exc:
+        raise CheckpointError(f"'{path / META_FILE}': {exc}") from None
+    detector.checkpoint_meta = meta
     return detector, dict(meta["preprocess"])
+
+
+class SharedBaseCheckpoint:
+    """One AntifakePrompt checkpoint on a base model loaded once for several (a side-by-side eval).
+
+    It scores like the checkpoint loaded alone: its rows are copied into the shared detector before each use, and
+    its own scoring rule and preprocessing apply. The vision encoder (no pseudo-word in it) is the shared stage:
+    checkpoints with the same preprocessing get it computed once per image."""
+
+    name = AntifakePrompt.name
+    fit_mode = FIT_GRADIENT
+    scoring_methods = AntifakePrompt.scoring_methods
+
+    def __init__(self, base: AntifakePrompt, rows: dict[str, torch.Tensor], config: AntifakePromptConfig,
+                 preprocess: Preprocess, meta: dict, source: str):
+        self.base, self.rows, self.config, self.preprocess = base, rows, config, preprocess
+        self.checkpoint_meta, self.source = meta, source
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def _use(self) -> None:
+        self.base.load_rows(self.rows, source=self.source)
+
+    def check_method(self, method: str | None) -> str:
+        method = method or self.config.scoring
+        if method not in self.scoring_methods:
+            raise ConfigError(f"scoring = {method!r} must be one of {list(self.scoring_methods)}")
+        return method
+
+    def score(self, pixels: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        return self.score_from_shared(self.shared_stage(pixels), method)
+
+    def shared_stage_key(self) -> str:
+        return self.base.shared_stage_key(self.preprocess)
+
+    def shared_stage(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.base.shared_stage(pixels)
+
+    def score_from_shared(self, stage: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        self._use()
+        return self.base.score_from_shared(stage, self.check_method(method))
+
+    def num_trainable(self) -> int:
+        return self.base.num_trainable()
+
+    def identity(self) -> dict:
+        return self.base.identity()
+
+    def banner(self, checkpoint: str, image_loading: str = "fakeforge", method: str | None = None) -> list[str]:
+        return self.base.banner(checkpoint, image_loading, self.check_method(method), self.preprocess)
+
+    def report_info(self, method: str | None = None) -> dict:
+        return self.base.report_info(self.check_method(method), self.preprocess)
+
+
+def load_checkpoints(paths: list[str | Path], device: str | torch.device | None = None,
+                     tiny: bool = False) -> list:
+    """Several checkpoint folders (or "zero-shot"), in order. Checkpoints whose configs differ only in
+    `ROW_ONLY_FIELDS` share one loaded base model (`SharedBaseCheckpoint`); every file is checked before any
+    model loads."""
+    entries = []
+    for path in paths:
+        if str(path).lower() in ZERO_SHOT:
+            entries.append((path, None, None, None))
+            continue
+        meta = read_meta(path)
+        try:
+            cfg = from_dict(AntifakePromptConfig, dict(meta["model"]), "model")
+        except ConfigError as exc:
+            raise CheckpointError(f"'{Path(path) / META_FILE}': {exc}") from None
+        entries.append((path, meta, cfg, read_rows(Path(path) / ROWS_FILE)))
+    groups: dict[str, list[int]] = {}
+    for i, (_path, _meta, cfg, _rows) in enumerate(entries):
+        if cfg is not None:
+            key = json.dumps({k: v for k, v in to_dict(cfg).items() if k not in ROW_ONLY_FIELDS}, sort_keys=True)
+            groups.setdefault(key, []).append(i)
+    out: list = [None] * len(entries)
+    for i, (path, meta, _cfg, _rows) in enumerate(entries):
+        if meta is None:  # zero-shot: no rows to swap
+            out[i] = load_checkpoint(path, device=device, tiny=tiny)[0]
+    for index in groups.values():
+        base, _pre = load_checkpoint(entries[index[0]][0], device=device, tiny=tiny)
+        for i in index:
+            path, meta, cfg, rows = entries[i]
+            source = f"checkpoint '{path}'"
+            try:
+                base.load_rows(rows, source=source)
+                if cfg.scoring == "logits":
+                    base._check_one_pass()
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from None
+            out[i] = SharedBaseCheckpoint(base, rows, cfg, Preprocess.from_dict(meta["preprocess"]), meta, source)
+    return out
 
 
 def safe_torch_load(path: str | Path) -> Any:

@@ -1,4 +1,9 @@
-"""Command-line front ends of the detector: train, stats, detect, eval, convert-antifakeprompt.
+"""Command-line front ends of the detectors: train, stats, detect, eval, convert-antifakeprompt.
+
+Every command works for every registered detector through the interface in `detector/base.py`: `train` runs the
+generic trainer on any config under configs/detector/, `detect` and `eval` open any checkpoint folder with
+`detector.io.load_detector(s)` ("zero-shot" is AntifakePrompt's untuned baseline), and `eval` with several
+`--checkpoint`s scores them side by side (`detector/side_by_side.py`).
 
 `fakeforge.cli` imports this module to build its parser, so it must stay light: torch, transformers
 and the detector modules are imported inside the run_* functions only.
@@ -11,43 +16,36 @@ import os
 import sys
 from pathlib import Path
 
-# `--tiny` on a full-size config: the twin's model id, input size and dtype.
-TINY_OVERRIDES = ["model.model_id=tiny:instructblip", "model.llm_id=null", "model.dtype=float32", "data.image_size=32",
-                  "train.gradient_checkpointing=false"]
-
 
 # ----------------------------------------------------------------------------------------------- train
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `fakeforge train` and `python train.py`."""
     p.add_argument("--config", default="antifakeprompt",
-                   help="config file, or a name under configs/detector/ (default: antifakeprompt)")
+                   help="config file, or a name under configs/detector/ (default: antifakeprompt; "
+                        "`fakeforge ls detectors` lists them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.train=[data/out] --set train.epochs=2")
     p.add_argument("--tiny", action="store_true",
-                   help=f"use the tiny random-weight InstructBLIP twin ({', '.join(TINY_OVERRIDES)})")
+                   help="run on the tiny random-weight twins: the config's `tiny:` block, then --set, then every "
+                        "model id swapped for its twin")
     p.add_argument("--resume", action="store_true", help="continue the run in train.output_dir from last/")
     p.add_argument("--resume-force", action="store_true",
-                   help="with --resume: accept a config that changes the model, prompt, data or optimizer "
+                   help="with --resume: accept a config that changes the model, data or optimizer "
                         "(the new values are applied and recorded in config.yaml)")
     p.add_argument("--out", default=None, help="shortcut for --set train.output_dir=DIR")
 
 
 def load_train_config(config: str, overrides: list[str] | None = None, tiny: bool = False, out: str | None = None):
-    """Resolve, merge and type-check a training config (errors name the key and value)."""
-    from detector.trainer import TrainConfig
-    from fakeforge.config import apply_overrides, from_dict, load_yaml, resolve_named_config
+    """Resolve, merge and type-check a training config (errors name the key and value); see
+    `detector.train_config.load_train_config`."""
+    from detector.train_config import load_train_config as load
 
-    data = load_yaml(resolve_named_config(config, "detector"))
-    extra = (TINY_OVERRIDES if tiny else []) + list(overrides or [])
-    if out:
-        extra.append(f"train.output_dir={out}")
-    return from_dict(TrainConfig, apply_overrides(data, extra))
+    return load(config, overrides, tiny, out)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a detector; prints the best checkpoint folder."""
     from detector.trainer import Trainer
-
     from fakeforge.config import ConfigError
 
     if args.resume_force and not args.resume:
@@ -57,6 +55,8 @@ def run_train(args: argparse.Namespace) -> int:
     best = trainer.fit()
     if trainer.is_main_process:
         print(f"best checkpoint: {best}")
+        print(f"untrained detector: {best.parent / 'init'} (compare: fakeforge eval --checkpoint "
+              f"{best.parent / 'init'} {best} --sets ... --out ...)")
     return 0
 
 
@@ -65,7 +65,11 @@ def add_stats_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `fakeforge stats`."""
     p.add_argument("--sets", nargs="+", required=True, metavar="SPEC",
                    help="shard sets (dataset folder, set folder, .tar, NAME=PATH) or NAME=real:DIR / NAME=fake:DIR")
-    p.add_argument("--image-size", type=int, default=224, help="resize + center crop before measuring (224)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="bicubic resize of the shorter side + center crop before measuring (default 224)")
+    p.add_argument("--checkpoint", default=None,
+                   help="measure after this checkpoint's own resize rule and size instead (any detector; only its "
+                        "detector.json is read)")
     p.add_argument("--max-images", type=int, default=None, help="stop after this many images")
     p.add_argument("--out", default=None, help="write the JSON here (use it as data.stats_file)")
 
@@ -74,16 +78,22 @@ def run_stats(args: argparse.Namespace) -> int:
     """Per-channel mean/std of the given sets, as JSON."""
     from detector.data import compute_mean_std, parse_set_specs
 
-    if args.image_size < 1:
+    if args.image_size is not None and args.image_size < 1:
         print(f"fakeforge stats: error: --image-size = {args.image_size} must be positive", file=sys.stderr)
         return 2
+    if args.image_size is not None and args.checkpoint:
+        print("fakeforge stats: error: give --image-size or --checkpoint, not both", file=sys.stderr)
+        return 2
+    geometry = checkpoint_preprocess(args.checkpoint) if args.checkpoint else None
     specs = parse_set_specs(args.sets)
     if args.out:  # checked before the scan, not after it
         if Path(args.out).is_dir():
             print(f"fakeforge stats: error: --out = '{args.out}' is a folder; name the JSON file", file=sys.stderr)
             return 2
         check_writable_folder(Path(args.out).parent, "--out's folder")
-    stats = compute_mean_std(specs, args.image_size, args.max_images)
+    stats = compute_mean_std(specs, args.image_size or 224, args.max_images, geometry=geometry)
+    if geometry is not None:
+        stats["preprocess"] = {k: v for k, v in geometry.to_dict().items() if k not in ("mean", "std", "source")}
     text = json.dumps(stats, indent=2)
     if args.out:
         Path(args.out).write_text(text)
@@ -92,15 +102,35 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def checkpoint_preprocess(path: str):
+    """The `Preprocess` stored in a checkpoint folder's detector.json (any detector), without loading a model."""
+    from detector.base import CheckpointError, Preprocess
+    from detector.io import META_FILE, detector_class_of
+    from fakeforge.config import ConfigError
+
+    detector_class_of(path)  # a checkpoint folder of a known detector
+    try:
+        return Preprocess.from_dict(json.loads((Path(path) / META_FILE).read_text())["preprocess"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"'{Path(path) / META_FILE}' has no valid preprocess entry ({exc})") from None
+
+
 # ----------------------------------------------------------------------------------------------- shared
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder, or 'zero-shot' for the untuned baseline (\"Is this photo real?\")")
+def _add_model_arguments(p: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        p.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT",
+                       help="checkpoint folder(s) of any detector, or 'zero-shot' for AntifakePrompt's untuned "
+                            "baseline (\"Is this photo real?\"); several: one side-by-side table")
+    else:
+        p.add_argument("--checkpoint", required=True,
+                       help="checkpoint folder of any detector, or 'zero-shot' for AntifakePrompt's untuned "
+                            "baseline (\"Is this photo real?\")")
     p.add_argument("--model-id", default=None, help="base model of the zero-shot baseline")
-    p.add_argument("--tiny", action="store_true", help="use the tiny InstructBLIP twin as the base model")
+    p.add_argument("--tiny", action="store_true", help="build the detectors on their tiny twins")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--scoring", choices=["logits", "loss"], default=None,
-                   help="logits: one forward pass (default); loss: the paper's two-candidate loss rule")
+                   help="AntifakePrompt: logits = one forward pass (default); loss = the paper's two-candidate "
+                        "loss rule (other detectors have one scoring rule)")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--image-loading", choices=["fakeforge", "official"], default="fakeforge",
                    help="fakeforge: EXIF rotation, alpha on white, 16-bit scaled (default); official: "
@@ -126,33 +156,19 @@ def check_writable_folder(path: str | Path, what: str) -> Path:
     return folder
 
 
-def _load(args):
-    from detector.checkpoint import load_checkpoint
-    from detector.data import build_transform
+def _open(args, checkpoints: list[str]) -> list:
+    """Load every checkpoint (each family sharing what it can); the scoring method of each detector."""
+    from detector.io import load_detectors
     from fakeforge.config import ConfigError
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size = {args.batch_size} must be >= 1")
-    detector, pre = load_checkpoint(args.checkpoint, device=args.device, tiny=args.tiny, scoring=args.scoring,
-                                    model_id=args.model_id)
-    transform = build_transform(int(pre["image_size"]), pre["mean"], pre["std"], train=False)
-    return detector, transform, pre
-
-
-def banner(args, detector, pre: dict) -> list[str]:
-    """The first lines of detect/eval: what runs (precision, prompt tokens, statistics, rules)."""
-    pieces = detector.prompt_pieces()
-    scoring = detector.config.scoring
-    rule = ("one forward pass; the same decisions as the paper's loss rule for one-token answers"
-            if scoring == "logits" else "the paper's rule: summed answer-token losses of both candidates")
-    return [f"checkpoint: {args.checkpoint}  base model: {detector.config.model_id}"
-            + (f" + LLM {detector.config.llm_id}" if detector.config.llm_id else ""),
-            f"precision: {detector.precision.describe()} on {detector.device}",
-            f"prompt: {detector.prompt!r}  LM tokens: {' '.join(pieces['lm'])}  "
-            f"Q-Former tokens: {' '.join(pieces['qformer'])}",
-            f"preprocess: {pre['image_size']} px, bicubic resize of the shorter side + centre crop; mean {pre['mean']} "
-            f"std {pre['std']} ({pre.get('source', 'checkpoint')})",
-            f"scoring: {scoring} ({rule}); image loading: {args.image_loading}"]
+    detectors = load_detectors(checkpoints, device=args.device, tiny=args.tiny, zero_shot_model_id=args.model_id)
+    methods = [args.scoring if args.scoring in d.scoring_methods else None for d in detectors]
+    if args.scoring and not any(methods):
+        raise ConfigError(f"--scoring {args.scoring}: none of the detectors has that scoring rule "
+                          f"({sorted({d.name for d in detectors})})")
+    return list(zip(detectors, methods))
 
 
 class _Out:
@@ -218,8 +234,9 @@ def run_detect(args: argparse.Namespace) -> int:
         return 2
     out, code = _Out(args.log), 0
     try:
-        detector, transform, pre = _load(args)
-        for line in banner(args, detector, pre):
+        [(detector, method)] = _open(args, [args.checkpoint])
+        transform = detector.preprocess.transform(train=False)
+        for line in detector.banner(str(args.checkpoint), args.image_loading, method):
             out(line)
         if args.img_path:
             try:
@@ -227,7 +244,7 @@ def run_detect(args: argparse.Namespace) -> int:
             except ImageLoadError as exc:
                 out(f"error: {exc}")
                 return 2
-            p = float(detector.score(transform(img).unsqueeze(0))[0])
+            p = float(detector.score(transform(img).unsqueeze(0), method)[0])
             out(f"{args.img_path}: {'Fake' if p >= args.threshold else 'Real'} (P(fake) = {p:.4f})")
         labels, preds = [], []
         for folder, label in ((args.real_dir, 0), (args.fake_dir, 1)):
@@ -235,7 +252,7 @@ def run_detect(args: argparse.Namespace) -> int:
                 continue
             spec = SetSpec(Path(folder).name, "folder", [Path(folder)], label)
             try:
-                res = score_set(detector, spec, transform, args.batch_size, loading=args.image_loading)
+                res = score_set(detector, spec, transform, args.batch_size, method=method, loading=args.image_loading)
             except FileNotFoundError as exc:
                 out(f"error: {exc}")
                 code = 2
@@ -260,31 +277,77 @@ def run_detect(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- eval
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `fakeforge eval`."""
-    _add_model_arguments(p)
+    _add_model_arguments(p, several=True)
     p.add_argument("--sets", nargs="+", required=True, metavar="SPEC",
                    help="shard sets (dataset folder -> one set per subfolder, set folder, .tar, NAME=PATH; "
                         "labels from each sample's json) and/or image folders NAME=real:DIR, NAME=fake:DIR")
-    p.add_argument("--out", required=True, help="output folder for results.md/.csv/.json, scores.csv, plots")
+    p.add_argument("--out", required=True,
+                   help="output folder: results.md/.csv/.json, scores.csv, plots (several checkpoints: one such "
+                        "sub-folder per detector + comparison.md/.csv/.json)")
     p.add_argument("--threshold", type=float, default=None, help="P(fake) decision threshold (default 0.5)")
     p.add_argument("--calibrate-on", nargs="+", default=None, metavar="SET",
                    help="pick the threshold maximising balanced accuracy on these sets (names from --sets, "
-                        "or extra set specs); needs real and fake samples")
+                        "or extra set specs), per detector; needs real and fake samples")
     p.add_argument("--limit", type=int, default=None, help="score at most this many images per set")
-    p.add_argument("--name", default=None, help="row label in the table (default: checkpoint folder name)")
+    p.add_argument("--name", nargs="+", default=None,
+                   help="row label(s) in the table, one per checkpoint (default: checkpoint folder names)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    """Per-set accuracy (paper layout), AUC/AP per fake set; Markdown, CSV, JSON and PNG under --out."""
-    from detector.data import parse_set_specs
-    from detector.evaluate import calibrate_threshold, check_plotting, score_set, summarize, write_reports
+def _calibrate(args, entries, results_by_label) -> dict:
+    """Per-detector threshold with the best balanced accuracy on the --calibrate-on sets."""
+    import numpy as np
 
+    from detector.data import parse_set_specs
+    from detector.evaluate import calibrate_threshold
+    from detector.side_by_side import Entry, score_sets
+    from fakeforge.config import ConfigError
+
+    extra_specs = [s for item in args.calibrate_on if item not in results_by_label[entries[0].label]
+                   for s in parse_set_specs([item])]
+    extra = {e.label: Entry(e.label, e.detector, e.method) for e in entries}
+    if extra_specs:
+        score_sets(list(extra.values()), extra_specs, args.batch_size, args.limit, args.image_loading)
+    out = {}
+    for e in entries:
+        pool = [results_by_label[e.label][n] for n in args.calibrate_on if n in results_by_label[e.label]]
+        pool += extra[e.label].results
+        y = np.concatenate([r.label_array for r in pool])
+        s = np.concatenate([r.score_array for r in pool])
+        try:
+            threshold = calibrate_threshold(y, s)
+        except ValueError as exc:
+            raise ConfigError(f"--calibrate-on {args.calibrate_on}: {exc}") from None
+        out[e.label] = {"sets": list(args.calibrate_on), "threshold": threshold, "n": int(y.size)}
+        print(f"calibrated threshold of {e.label} on {args.calibrate_on}: {threshold:.4f}")
+    return out
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Per-set accuracy (paper layout), AUC/AP per fake set; Markdown, CSV, JSON and PNG under --out. Several
+    checkpoints: every image decoded once for all of them, one sub-folder per detector and one side-by-side
+    table."""
+    from detector.data import parse_set_specs
+    from detector.evaluate import check_plotting, summarize, write_reports
+    from detector.side_by_side import (
+        Entry,
+        comparison_rows,
+        folder_names,
+        score_sets,
+        unique_labels,
+        write_comparison,
+    )
+    from fakeforge.config import ConfigError
+
+    checkpoints = [str(c) for c in args.checkpoint]
     if args.threshold is not None and args.calibrate_on:
         print("fakeforge eval: error: give --threshold or --calibrate-on, not both", file=sys.stderr)
         return 2
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         print(f"fakeforge eval: error: --threshold = {args.threshold} must be within [0, 1]", file=sys.stderr)
         return 2
+    if args.name and len(args.name) != len(checkpoints):
+        raise ConfigError(f"--name gives {len(args.name)} label(s) for {len(checkpoints)} checkpoint(s)")
     if not args.no_plots:
         try:
             check_plotting()
@@ -293,52 +356,41 @@ def run_eval(args: argparse.Namespace) -> int:
             return 2
     specs = parse_set_specs(args.sets)
     out_dir = check_writable_folder(args.out, "--out")
-    detector, transform, pre = _load(args)
-    for line in banner(args, detector, pre):
-        print(line)
-    results = []
-    for spec in specs:
-        try:
-            results.append(score_set(detector, spec, transform, args.batch_size, limit=args.limit,
-                                     loading=args.image_loading))
-        except FileNotFoundError as exc:
-            print(f"fakeforge eval: error: {exc}", file=sys.stderr)
-            return 2
-    threshold, calib = 0.5 if args.threshold is None else args.threshold, None
-    if args.calibrate_on:
-        by_name = {r.name: r for r in results}
-        pool = []
-        for item in args.calibrate_on:
-            if item in by_name:
-                pool.append(by_name[item])
-            else:
-                pool += [score_set(detector, s, transform, args.batch_size, limit=args.limit,
-                                   loading=args.image_loading) for s in parse_set_specs([item])]
-        import numpy as np
-
-        y = np.concatenate([r.label_array for r in pool])
-        s = np.concatenate([r.score_array for r in pool])
-        try:
-            threshold = calibrate_threshold(y, s)
-        except ValueError as exc:
-            print(f"fakeforge eval: error: --calibrate-on {args.calibrate_on}: {exc}", file=sys.stderr)
-            return 2
-        calib = {"sets": list(args.calibrate_on), "threshold": threshold, "n": int(y.size)}
-        print(f"calibrated threshold on {args.calibrate_on}: {threshold:.4f}")
-    summary = summarize(results, threshold)
-    name = args.name or ("zero-shot" if str(args.checkpoint).lower().startswith("zero") else
-                         Path(args.checkpoint).name)
-    paths = write_reports(results, summary, out_dir, method=name, plots=not args.no_plots,
-                          extra={"checkpoint": str(args.checkpoint), "calibration": calib,
-                                 "scoring": detector.config.scoring, "prompt": detector.prompt,
-                                 "prompt_pieces": detector.prompt_pieces(),
-                                 "precision": detector.precision.as_dict(), "preprocess": pre,
-                                 "image_loading": args.image_loading})
-    skipped = sum(len(r.errors) for r in results)
-    if skipped:
-        print(f"{skipped} unreadable item(s) skipped; listed under 'errors' in {Path(args.out) / 'results.json'}")
-    print((Path(args.out) / "results.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in paths))
+    several = len(checkpoints) > 1
+    labels = unique_labels(checkpoints, args.name)
+    entries = [Entry(label, det, method, ckpt) for label, ckpt, (det, method)
+               in zip(labels, checkpoints, _open(args, checkpoints))]
+    for e in entries:
+        for line in e.detector.banner(e.checkpoint, args.image_loading, e.method):
+            print(line)
+    try:
+        timing = score_sets(entries, specs, args.batch_size, args.limit, args.image_loading)
+    except FileNotFoundError as exc:
+        print(f"fakeforge eval: error: {exc}", file=sys.stderr)
+        return 2
+    by_label = {e.label: {r.name: r for r in e.results} for e in entries}
+    calib = _calibrate(args, entries, by_label) if args.calibrate_on else {}
+    folders = dict(zip(labels, [out_dir / f for f in folder_names(labels)] if several else [out_dir]))
+    summaries, written = {}, []
+    for e in entries:
+        threshold = calib[e.label]["threshold"] if e.label in calib else (args.threshold if args.threshold
+                                                                        is not None else 0.5)
+        summaries[e.label] = summary = summarize(e.results, threshold)
+        info = e.detector.report_info(e.method)
+        written += write_reports(e.results, summary, folders[e.label], method=e.label, plots=not args.no_plots,
+                                 extra={"checkpoint": e.checkpoint, "calibration": calib.get(e.label), **info,
+                                        "image_loading": args.image_loading})
+        skipped = sum(len(r.errors) for r in e.results)
+        if skipped and e is entries[0]:  # the same items for every detector
+            print(f"{skipped} unreadable item(s) skipped; listed under 'errors' in {folders[e.label] / 'results.json'}")
+    if several:
+        rows = comparison_rows(entries, summaries, folders)
+        written += write_comparison(rows, out_dir, {**timing, "images_per_s": {
+            e.label: round(sum(len(r.keys) for r in e.results) / max(e.seconds, 1e-9), 2) for e in entries}})
+        print((out_dir / "comparison.md").read_text())
+    else:
+        print((out_dir / "results.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -289,14 +289,21 @@ def iter_set_images(spec: SetSpec, split_nodes: bool = True,
             yield key, None, None, str(exc)
 
 
-def compute_mean_std(specs: list[SetSpec], image_size: int, max_images: int | None = None) -> dict:
+def compute_mean_std(specs: list[SetSpec], image_size: int, max_images: int | None = None,
+                     geometry=None) -> dict:
     """Per-channel mean/std (0..1 scale) over images after the eval resize + center crop (every shard,
-    whatever the distributed rank)."""
+    whatever the distributed rank). `geometry`: a `detector.base.Preprocess` whose resize rule (at its own
+    image size) replaces the default bicubic shorter-side resize + centre crop to `image_size`."""
     import numpy as np
     from torchvision import transforms as T
     from tqdm import tqdm
 
-    prep = T.Compose([T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(image_size)])
+    if geometry is not None:
+        image_size = geometry.image_size
+        prep = T.Compose(geometry.resize_steps(train=False))
+    else:
+        prep = T.Compose([T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+                          T.CenterCrop(image_size)])
     total = np.zeros(3)
     total_sq = np.zeros(3)
     pixels, n, bad = 0, 0, 0

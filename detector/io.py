@@ -10,6 +10,11 @@ A checkpoint folder holds:
 `load_detector` rebuilds the detector from the JSON (`DETECTORS[name].from_config`), refuses a
 checkpoint made for another detector (`expect`) or another backbone (identity), then loads the tensors
 strictly and restores the preprocessing. Nothing is unpickled: safetensors and JSON only.
+
+`load_detector` opens ANY checkpoint folder: a family with its own format (AntifakePrompt's
+`fakeforge.antifakeprompt`, versions 1 and 2) is recognised by the `format` field and loaded by its class's
+`load`; "zero-shot" is AntifakePrompt's untuned baseline. `load_detectors` loads several at once, letting each
+family share what it can (one base model, one backbone).
 """
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ from fakeforge.config import ConfigError, from_dict, to_dict
 
 FORMAT = "fakeforge.detector"
 FORMAT_VERSION = 1
+# formats of families that keep their own checkpoint layout -> the detector that reads them
+FAMILY_FORMATS = {"fakeforge.antifakeprompt": "antifakeprompt"}
+ZERO_SHOT = ("zero-shot", "zeroshot", "zero_shot")
 META_FILE = "detector.json"
 CARD_FILE = "README.md"
 
@@ -132,22 +140,48 @@ def load_detector_state(detector: Detector, path: str | Path) -> dict:
     return meta
 
 
-def load_detector(path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
-                  expect: str | None = None, model_overrides: dict | None = None) -> Detector:
-    """Rebuild a detector from a checkpoint folder.
-
-    `expect`: the detector name the caller needs (a checkpoint of another detector is refused, naming both).
-    `tiny`: build on the tiny twins (a checkpoint trained on the real backbone is then refused as made for
-    another backbone). `model_overrides`: config fields to change before building (e.g. {"k": 1}); a
-    changed backbone is refused the same way."""
+def detector_class_of(path: str | Path) -> type[Detector]:
+    """The detector class that reads checkpoint `path` (from its detector.json's `format` and `detector`), without
+    loading anything else; CheckpointError naming the problem otherwise."""
     from detector import DETECTORS
+    from fakeforge.registry import UnknownNameError
 
     path = Path(path)
+    if str(path).lower() in ZERO_SHOT:
+        return DETECTORS.get("antifakeprompt")
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
+                              f"fakeforge convert-antifakeprompt {path} --out DIR")
+    meta_file = path / META_FILE if path.is_dir() else path
+    if not meta_file.is_file():
+        raise CheckpointError(f"'{path}' is not a detector checkpoint folder (no {META_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"'{meta_file}' is not valid JSON ({exc}); the checkpoint is damaged") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read '{meta_file}': {exc.strerror or exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"'{meta_file}' holds a {type(meta).__name__}, not a detector description")
+    fmt = meta.get("format")
+    if fmt in FAMILY_FORMATS:
+        return DETECTORS.get(FAMILY_FORMATS[fmt])
+    if fmt != FORMAT:
+        raise CheckpointError(f"'{meta_file}' has format {fmt!r}; fakeforge reads {[FORMAT, *FAMILY_FORMATS]}")
+    try:
+        DETECTORS.check(str(meta.get("detector")))
+    except UnknownNameError as exc:
+        raise CheckpointError(f"'{meta_file}': {exc}") from None
+    return DETECTORS.get(meta["detector"])
+
+
+def load_generic(cls: type[Detector], path: str | Path, device: str | torch.device | None = None,
+                 tiny: bool = False, model_overrides: dict | None = None) -> Detector:
+    """Rebuild a detector stored in this module's format (see `load_detector`)."""
+    path = Path(path)
     meta = read_detector_meta(path)
-    name = meta["detector"]
-    if expect and name != expect:
-        raise CheckpointError(f"checkpoint '{path}' is a {name!r} detector, but {expect!r} was asked for")
-    cls = DETECTORS.get(name)
+    if meta["detector"] != cls.name:
+        raise CheckpointError(f"checkpoint '{path}' is a {meta['detector']!r} detector, not {cls.name!r}")
     try:
         config = from_dict(cls.config_class, {**meta["model"], **(model_overrides or {})}, "model")
     except ConfigError as exc:
@@ -158,7 +192,48 @@ def load_detector(path: str | Path, device: str | torch.device | None = None, ti
     detector = cls.from_config(config, device=device, tiny=tiny)
     detector.eval()
     load_detector_state(detector, path)
+    detector.checkpoint_meta = meta
     return detector
+
+
+def load_detector(path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
+                  expect: str | None = None, model_overrides: dict | None = None) -> Detector:
+    """Rebuild the detector of any checkpoint folder (or "zero-shot": AntifakePrompt's untuned baseline).
+
+    `expect`: the detector name the caller needs (a checkpoint of another detector is refused, naming both).
+    `tiny`: build on the tiny twins (a checkpoint trained on the real backbone is then refused as made for
+    another backbone). `model_overrides`: config fields to change before building (e.g. {"k": 1}); a
+    changed backbone is refused the same way. The loaded detector carries its detector.json as
+    `checkpoint_meta`."""
+    cls = detector_class_of(path)
+    if expect and cls.name != expect:
+        raise CheckpointError(f"checkpoint '{path}' is a {cls.name!r} detector, but {expect!r} was asked for")
+    return cls.load(path, device=device, tiny=tiny, model_overrides=model_overrides)
+
+
+def load_detectors(paths: list[str | Path], device: str | torch.device | None = None, tiny: bool = False,
+                   zero_shot_model_id: str | None = None) -> list:
+    """Several checkpoints (a side-by-side eval), in the given order. Every folder is checked first (format,
+    detector name), then each family loads its checkpoints together and shares what it can (AntifakePrompt
+    checkpoints on one base model come back as `detector.checkpoint.SharedBaseCheckpoint`s).
+    `zero_shot_model_id`: the base model of "zero-shot" entries."""
+    from detector.backbones import sharing_backbones
+
+    classes = [detector_class_of(p) for p in paths]
+    out: list = [None] * len(paths)
+    with sharing_backbones():  # detectors of any family on the same frozen backbone load it once
+        for i, path in enumerate(paths):
+            if str(path).lower() in ZERO_SHOT:
+                overrides = {"model_id": zero_shot_model_id} if zero_shot_model_id else None
+                out[i] = classes[i].load(path, device=device, tiny=tiny, model_overrides=overrides)
+        for cls in dict.fromkeys(classes):
+            index = [i for i, c in enumerate(classes) if c is cls and out[i] is None]
+            if len(index) == 1:
+                out[index[0]] = cls.load(paths[index[0]], device=device, tiny=tiny)
+            elif index:
+                for i, det in zip(index, cls.load_many([paths[i] for i in index], device=device, tiny=tiny)):
+                    out[i] = det
+    return out
 
 
 def model_card(meta: dict) -> str:

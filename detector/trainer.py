@@ -1,62 +1,81 @@
-"""Training loop for AntifakePrompt: shard sets in, best/last checkpoints and metrics.csv out.
+"""The training loop of every detector: shard sets in; `init/`, `best/`, `last/`, `metrics.csv` and `config.yaml` out.
 
-Works in one process or under `accelerate launch train.py` (accelerate's Accelerator; each process
-reads its own shards through webdataset's split_by_node). Only the two pseudo-word rows are handed to
-AdamW, so its decoupled weight decay touches nothing else.
+The config's `detector:` picks the family (`detector.DETECTORS`); the family's `fit_mode` picks the loop:
 
-The defaults follow the official LAVIS recipe (`textinv_train.yaml`): AdamW (0.9, 0.999), weight decay
-0.05, lr 1e-5 on LAVIS's `linear_warmup_cosine_lr` (the very first step at 1e-8, then cosine stepped once
-per epoch), 10 epochs of batch 6, fp16 autocast with a gradient scaler on CUDA, the Q-Former's dropout
-active, best checkpoint = lowest validation loss.
+* **gradient** (AntifakePrompt, DeepFake-Adapter): one loop for all, in one process or under `accelerate launch
+  train.py` (each process reads its own shards through webdataset's split_by_node). Training sets are mixed
+  by `data.mix` weights, validation is `data.val` or a key-hash hold-out, the optimizer (AdamW or SGD) sees the
+  detector's `trainable_parameters()` only, the learning rate follows `detector.train_config.lr_at`, and
+  `best/` is the lowest validation loss (`Detector.validation_step`). `init/` holds the detector before the
+  first optimizer step, so `fakeforge eval --checkpoint RUN/init RUN/best` compares untrained and trained.
+  `--resume` restores the trained tensors, optimizer, gradient scaler and epoch, and every epoch reseeds from
+  (seed, epoch), so an interrupted and resumed run ends exactly where an uninterrupted one does.
+* **features** (linear probe, kNN, contrastive head): the backbone's features of every set are computed once
+  into the feature cache, then `fit_features` fits the head in seconds; `best/` = `last/` = the fitted head,
+  `init/` the unfitted one. `--resume` refits from the cache (the fit is deterministic).
 
 The run folder is locked (`fakeforge.locking.OutputLock`) for the whole run: a second launch on the same
-`--out` stops at once naming the holder. `--resume` restores rows, optimizer, gradient scaler and epoch,
-and reseeds every epoch from (seed, epoch), so an interrupted and resumed run ends with the same rows as
-an uninterrupted one. It refuses a config that changes the model, prompt, data or optimizer unless
-`--resume-force`; `config.yaml` always holds the config that really runs.
+`--out` stops at once naming the holder. `--resume` refuses a config that changes the model, data or optimizer
+unless `--resume-force`, and always refuses a run folder of another detector; `config.yaml` holds the config
+that really runs.
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from detector.antifakeprompt import AntifakePrompt
-from detector.checkpoint import META_FILE, ROWS_FILE, read_meta, read_rows, save_checkpoint
-from detector.data import ShardStream, build_transform, compute_mean_std, count_shards, parse_set_specs
-from detector.train_config import TrainConfig, config_differences, lr_at
+from detector.base import FIT_GRADIENT, CheckpointError, Detector, Preprocess
+from detector.data import ShardStream, compute_mean_std, count_shards, parse_set_specs
+from detector.train_config import (
+    TrainConfig,
+    build_optimizer,
+    config_differences,
+    lr_at,
+    set_hyperparameters,
+)
 from fakeforge.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from fakeforge.locking import FolderLockedError, OutputLock
 
 log = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "config.yaml"
+META_FILE = "detector.json"
 METRIC_FIELDS = ["time", "epoch", "step", "split", "loss", "lr", "images_per_s", "val_loss", "val_acc"]
-__all__ = ["Trainer", "TrainConfig", "lr_at", "STATE_FILE"]
+__all__ = ["Trainer", "TrainConfig", "lr_at", "STATE_FILE", "TrainingDivergedError"]
 
 
 class TrainingDivergedError(ConfigError):
-    """The loss or the rows became NaN/inf (usually a learning rate far too high)."""
+    """The loss or the trained parameters became NaN/inf (usually a learning rate far too high)."""
 
 
 class Trainer:
-    """Prompt-tunes the two pseudo-word rows; keeps `best/` (lowest validation loss) and `last/`."""
+    """Trains any registered detector from its config; keeps `init/`, `best/` and `last/` in the run folder."""
 
     def __init__(self, cfg: TrainConfig, tiny: bool = False, resume: bool = False, resume_force: bool = False):
         from accelerate import Accelerator
 
+        from detector import DETECTORS
+
         self.cfg, self.tiny, self.resume = cfg, tiny, resume
+        self.cls = DETECTORS.get(cfg.detector)
         cpu = cfg.train.device == "cpu" or not torch.cuda.is_available()
         if cpu and cfg.train.mixed_precision != "no":
             log.info("train.mixed_precision %s -> no: autocast with a gradient scaler needs CUDA (LAVIS also runs "
                      "without AMP on CPU)", cfg.train.mixed_precision)
             cfg.train.mixed_precision = "no"
         self.acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=cfg.train.device == "cpu")
+        if self.cls.fit_mode != FIT_GRADIENT and self.acc.num_processes > 1:
+            raise ConfigError(f"{cfg.detector!r} fits from cached features in one process; run it without "
+                              "accelerate launch / torchrun")
         self.out = Path(cfg.train.output_dir)
+        self.preprocess: Preprocess | dict | None = None
         self._lock = self._take_lock()
         try:
             self._check_run_folder(resume_force)
@@ -95,14 +114,24 @@ class Trainer:
                               "it or choose another output directory")
         if not self.resume:
             return
-        if not state.is_file():
+        # a feature fit interrupted before it saved last/ is resumed by fitting again (cached features are reused)
+        refit = self.cls.fit_mode != FIT_GRADIENT and (self.out / CONFIG_FILE).is_file()
+        if not state.is_file() and not refit:
             raise ConfigError(f"--resume: nothing to resume in '{self.out}' (no last/{STATE_FILE})")
+        from detector.io import detector_class_of
+
+        saved_run = next((self.out / d for d in ("last", "init") if (self.out / d / META_FILE).is_file()), None)
+        found = detector_class_of(saved_run) if saved_run else self.cls
+        if found.name != self.cfg.detector:
+            raise CheckpointError(f"--resume: '{self.out}' holds a {found.name!r} run, but the config trains "
+                                  f"{self.cfg.detector!r}; choose another output directory")
         saved = self.out / CONFIG_FILE
         try:
             old = from_dict(TrainConfig, load_yaml(saved))
+            old.model = from_dict(self.cls.config_class, old.model or {}, "model")
         except ConfigError as exc:
             raise ConfigError(f"--resume: cannot read the run's {CONFIG_FILE} to compare with ({exc})") from None
-        self._restore_preprocess_into_config()
+        self._restore_statistics_into_config()
         diffs = config_differences(to_dict(old), to_dict(self.cfg))
         if diffs and not resume_force:
             raise ConfigError(f"--resume with a config that changes the run ({'; '.join(diffs)}); resuming would mix "
@@ -111,14 +140,15 @@ class Trainer:
         for d in diffs:
             log.warning("--resume-force: %s", d)
 
-    def _restore_preprocess_into_config(self) -> None:
-        """On resume, the run keeps the mean/std it started with (from last/detector.json)."""
-        pre = read_meta(self.out / "last" / META_FILE)["preprocess"]
+    def _restore_statistics_into_config(self) -> None:
+        """On resume, a run normalised by data statistics keeps the mean/std it started with (last/detector.json)."""
         d = self.cfg.data
-        if d.mean is None and d.std is None:
+        if self.cls.data_statistics and d.mean is None and d.std is None:
+            pre = json.loads((self.out / "last" / META_FILE).read_text())["preprocess"]
             d.mean, d.std = list(pre["mean"]), list(pre["std"])
 
     def _data(self) -> None:
+        """Scan the sets (labels per sample, without decoding images): counts, validation, mixing, steps."""
         d = self.cfg.data
         specs = parse_set_specs(d.train)
         folders = [s.name for s in specs if s.kind != "shards"]
@@ -178,42 +208,63 @@ class Trainer:
                      self.num_workers)
             d.num_workers = self.num_workers
 
-    def _stats(self) -> dict:
+    def _data_statistics(self, pre: Preprocess) -> Preprocess:
+        """The input size and mean/std of a detector normalised by data statistics: from the config, a stats file,
+        or measured on the training shards (once, then shared by every process)."""
         d = self.cfg.data
+        if self.cls.resizable_input and d.image_size:
+            pre = replace(pre, image_size=d.image_size)
+        if not self.cls.data_statistics:
+            return pre
         if d.mean is not None:
-            return {"image_size": d.image_size, "mean": d.mean, "std": d.std, "source": "config"}
+            return replace(pre, mean=list(d.mean), std=list(d.std), source="config")
         if d.stats_file:
-            import json
-
             try:
                 stats = json.loads(Path(d.stats_file).read_text())
                 mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"data.stats_file = '{d.stats_file}' is not a readable `fakeforge stats` JSON "
                                   f"({type(exc).__name__}: {exc})") from None
-            return {"image_size": d.image_size, "mean": mean, "std": std, "source": f"stats file {d.stats_file}"}
+            return replace(pre, mean=mean, std=std, source=f"stats file {d.stats_file}")
         from accelerate.utils import broadcast_object_list
 
         box = [None]
-        if self.acc.is_main_process:  # computed once, then shared: every process must normalise alike
+        if self.acc.is_main_process:
             log.info("computing mean/std from the training shards (up to %s images)", d.stats_max_images)
-            stats = compute_mean_std(parse_set_specs(d.train), d.image_size, d.stats_max_images)
-            box = [{"image_size": d.image_size, "mean": stats["mean"], "std": stats["std"],
-                    "source": f"training shards ({stats['images']} images)"}]
+            stats = compute_mean_std(parse_set_specs(d.train), pre.image_size, d.stats_max_images, geometry=pre)
+            box = [(stats["mean"], stats["std"], f"training shards ({stats['images']} images)")]
         if self.acc.num_processes > 1:
             broadcast_object_list(box)
-        return box[0]
+        mean, std, source = box[0]
+        return replace(pre, mean=mean, std=std, source=source)
+
+    def _transform(self, train: bool):
+        pre = self.preprocess
+        if isinstance(pre, dict):  # {mean, std[, image_size]}: the data's image size
+            pre = Preprocess.from_dict({"image_size": self.cfg.data.image_size or 224, **pre})
+        return pre.transform(train)
 
     def _loader(self, split: str, epoch: int):
         c = self.cfg
-        transform = build_transform(c.data.image_size, self.preprocess["mean"], self.preprocess["std"],
-                                    train=split == "train")
         sets = self.train_sets if split == "train" else self.val_sets
-        ds = ShardStream(sets, transform, split=split, weights=self.weights, val_fraction=self.val_fraction,
-                         seed=c.train.seed + 7919 * epoch, shuffle_buffer=c.data.shuffle_buffer)
+        ds = ShardStream(sets, self._transform(split == "train"), split=split, weights=self.weights,
+                         val_fraction=self.val_fraction, seed=c.train.seed + 7919 * epoch,
+                         shuffle_buffer=c.data.shuffle_buffer)
         bs = c.train.batch_size if split == "train" else c.train.eval_batch_size
         return torch.utils.data.DataLoader(ds, batch_size=bs, num_workers=self.num_workers,
                                            persistent_workers=False)
+
+    def _build(self) -> Detector:
+        det = self.cls.from_config(self.cfg.model, device=self.acc.device, tiny=self.tiny)
+        det.eval()
+        return det
+
+    def _write_config(self, **resolved_train) -> None:
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            resolved = to_dict(self.cfg)
+            resolved["train"].update(resolved_train)
+            dump_yaml(resolved, self.out / CONFIG_FILE)
 
     # ------------------------------------------------------------------------------------------ fit
     @property
@@ -223,36 +274,38 @@ class Trainer:
     def fit(self) -> Path:
         """Train; returns the best checkpoint folder. The output-folder lock is released at the end."""
         try:
-            return self._fit()
+            return self._fit_gradient() if self.cls.fit_mode == FIT_GRADIENT else self._fit_features()
         finally:
             self.close()
 
-    def _fit(self) -> Path:
+    def _fit_gradient(self) -> Path:
         c, acc = self.cfg, self.acc
         self._data()
-        self.preprocess = read_meta(self.out / "last" / META_FILE)["preprocess"] if self.resume else self._stats()
-        c.data.mean, c.data.std = list(self.preprocess["mean"]), list(self.preprocess["std"])
-        self.detector = AntifakePrompt.from_config(c.model, device=acc.device, tiny=self.tiny)
-        widths = self.detector.row_widths()
-        acc.print(f"trainable parameters: {self.detector.num_trainable():,} = {widths['qformer']} (Q-Former row) "
-                  f"+ {widths['lm']} (LM row); precision {self.detector.precision.describe()}; "
-                  f"mixed precision {c.train.mixed_precision}")
+        self.detector = det = self._build()
+        if self.resume:
+            det.restore(self.out / "last")
+        else:
+            det.preprocess = self._data_statistics(det.preprocess)
+        self.preprocess = det.preprocess
+        if self.cls.data_statistics:
+            c.data.mean, c.data.std = list(det.preprocess.mean), list(det.preprocess.std)
+        if self.cls.resizable_input:
+            c.data.image_size = det.preprocess.image_size
+        acc.print(f"{det.trainable_summary()}; mixed precision {c.train.mixed_precision}")
         if c.train.gradient_checkpointing:
-            self.detector.enable_gradient_checkpointing()
-        o = c.optim
-        opt = torch.optim.AdamW(self.detector.trainable_parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                weight_decay=o.weight_decay)
+            det.enable_gradient_checkpointing()
+        self.peak_lr = c.optim.peak_lr(c.train.batch_size * acc.num_processes)
+        opt = build_optimizer(det.trainable_parameters(), c.optim, self.peak_lr)
         start_epoch, step, best = 0, 0, math.inf
-        model, opt = acc.prepare(self.detector, opt)
+        model, opt = acc.prepare(det, opt)
         if self.resume:
             start_epoch, step, best = self._load_state(opt)
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            resolved = to_dict(c)
-            resolved["train"]["steps_per_epoch"] = self.steps_per_epoch
-            dump_yaml(resolved, self.out / CONFIG_FILE)
-        acc.print(f"{self.n_train} training samples, {self.steps_per_epoch} steps/epoch x {c.train.epochs} epochs; "
-                  f"mean {self.preprocess['mean']} std {self.preprocess['std']} ({self.preprocess['source']})")
+        self._write_config(steps_per_epoch=self.steps_per_epoch)
+        if acc.is_main_process and not self.resume:  # the detector before the first optimizer step
+            det.save(self.out / "init", self._training_info(0, 0, None, None, math.inf, init=True))
+        p = det.preprocess
+        acc.print(f"{self.n_train} training samples, {self.steps_per_epoch} steps/epoch x {c.train.epochs} epochs, "
+                  f"peak lr {self.peak_lr:.3g}; {p.image_size} px, mean {p.mean} std {p.std} ({p.source})")
         for epoch in range(start_epoch, c.train.epochs):
             step = self._train_epoch(model, opt, epoch, step)
             val_loss, val_acc = self.validate()
@@ -270,11 +323,11 @@ class Trainer:
         from accelerate.utils import set_seed
         from tqdm import tqdm
 
-        c, acc = self.cfg, self.acc
-        # Each epoch's randomness (dropout, crops, flips) depends on (seed, epoch) only, so a resumed run
-        # replays exactly what an uninterrupted one would have done.
+        c, acc, det = self.cfg, self.acc, self.detector
+        # Each epoch's randomness (dropout, crops, flips, data order) depends on (seed, epoch) only, so a
+        # resumed run replays exactly what an uninterrupted one would have done.
         set_seed(c.train.seed + 1009 * epoch, device_specific=True)
-        self.detector.train()
+        det.train()
         it = iter(self._loader("train", epoch))
         run_loss, run_n, t0 = torch.zeros((), device=acc.device), 0, time.time()
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}", disable=not acc.is_local_main_process
@@ -285,7 +338,9 @@ class Trainer:
             except StopIteration:
                 raise ConfigError("the training stream ran dry: no readable training samples for this process "
                                   "(are there at least as many shards per set as processes?)") from None
-            lr = lr_at(c.optim, epoch, i, step, c.train.epochs, self.steps_per_epoch)
+            if len(labels) < det.min_train_batch:  # e.g. BatchNorm cannot train on one image
+                continue
+            lr = lr_at(c.optim, epoch, i, step, c.train.epochs, self.steps_per_epoch, peak=self.peak_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = model(images.to(acc.device), labels.to(acc.device))
@@ -294,7 +349,7 @@ class Trainer:
                                             f"{step + 1} (lr {lr:.3g}); lower optim.lr")
             acc.backward(loss)
             if c.optim.max_grad_norm:
-                acc.clip_grad_norm_(self.detector.trainable_parameters(), c.optim.max_grad_norm)
+                acc.clip_grad_norm_(det.trainable_parameters(), c.optim.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -311,32 +366,62 @@ class Trainer:
                     log.info("epoch %d step %d loss %.4f lr %.3e %.1f img/s", epoch + 1, step, row["loss"],
                              row["lr"], row["images_per_s"])
                 run_loss, run_n, t0 = torch.zeros((), device=acc.device), 0, time.time()
-        self.detector.eval()
-        rows = self.detector.rows()
-        if not all(torch.isfinite(v).all() for v in rows.values()):
-            raise TrainingDivergedError(f"the pseudo-word rows hold NaN/inf after epoch {epoch + 1}; lower optim.lr")
+        det.eval()
+        bad = [k for k, v in det.checkpoint_state().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise TrainingDivergedError(f"the trained tensors {bad[:3]} hold NaN/inf after epoch {epoch + 1}; lower "
+                                        "optim.lr")
         return step
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
-        """Validation loss (the training loss: answer-token cross-entropy summed over all validation samples /
-        the number of answer tokens) and accuracy (P(fake) >= 0.5) over the validation samples."""
+        """Validation loss (the detector's `validation_step` sums over all validation samples / their weights) and
+        accuracy (P(fake) >= 0.5) over the validation samples of every process."""
         acc, det = self.acc, self.detector
         det.eval()
-        one_pass = all(len(a) == 1 for a in det.answer_ids)
-        totals = torch.zeros(4, device=acc.device)  # loss sum, answer tokens, correct, samples
+        totals = torch.zeros(4, device=acc.device)  # loss sum, loss weight, correct, samples
         for i, (images, labels, _keys) in enumerate(self._loader("val", 0)):
             if self.cfg.train.max_val_batches and i >= self.cfg.train.max_val_batches:
                 break
-            targets = det.target_ids(labels)
-            losses, p_fake = det.answer_losses(images, targets, return_scores=True)
-            if not one_pass:
-                p_fake = det.score_loss(images)
-            correct = ((p_fake.to(acc.device) >= 0.5).long() == labels.to(acc.device)).sum().float()
-            totals += torch.stack([losses.sum(), torch.tensor(float(sum(map(len, targets))), device=acc.device),
-                                   correct, torch.tensor(float(len(labels)), device=acc.device)])
+            labels = labels.to(acc.device)
+            loss_sum, weight, p_fake = det.validation_step(images.to(acc.device), labels)
+            correct = ((p_fake.to(acc.device) >= 0.5).long() == labels).sum().float()
+            totals += torch.stack([loss_sum.float().to(acc.device), weight.float().to(acc.device), correct,
+                                   torch.tensor(float(len(labels)), device=acc.device)])
         totals = acc.reduce(totals, reduction="sum")
         return totals[0].item() / max(totals[1].item(), 1.0), totals[2].item() / max(totals[3].item(), 1.0)
+
+    def _fit_features(self) -> Path:
+        """Features of every set from the cache (computed once), then the head's `fit_features`."""
+        from detector.feature_cache import FeatureCache, fit_from_cache
+
+        c = self.cfg
+        train_specs = parse_set_specs(c.data.train)
+        val_specs = parse_set_specs(c.data.val) if c.data.val else None
+        self.detector = det = self._build()
+        self.preprocess = det.preprocess
+        print(det.trainable_summary())
+        self._write_config()
+        det.save(self.out / "init", {"init": True, "config": to_dict(c)})
+        start = time.time()
+        history, summary = fit_from_cache(det, train_specs, val_specs, cache=FeatureCache(c.data.feature_cache),
+                                          val_fraction=c.data.val_fraction, batch_size=c.data.feature_batch_size,
+                                          workers=max(1, c.data.num_workers), progress=True)
+        for row in history:
+            self._log_row({"epoch": row.get("epoch", 1), "step": 0, "split": "fit", "loss": row.get("loss"),
+                           "val_loss": row.get("val_loss"), "val_acc": row.get("val_acc")})
+        last = history[-1] if history else {}
+        self.summary = summary
+        training = {**self._training_info(last.get("epoch", 1), 0, last.get("val_loss"), last.get("val_acc"),
+                                          last.get("val_loss")), "history": history,
+                    "fit_seconds": round(time.time() - start, 3)}
+        folder = det.save(self.out / "last", training)
+        torch.save({"epoch": int(last.get("epoch", 1)), "step": 0, "complete": True,
+                    "best_val_loss": float(last.get("val_loss") or math.nan)}, folder / STATE_FILE)
+        det.save(self.out / "best", training)
+        print(f"fitted on {summary['train_samples']} samples ({summary['val_samples']} validation): "
+              f"val_acc {last.get('val_acc')}, val_loss {last.get('val_loss')}")
+        return self.out / "best"
 
     # ------------------------------------------------------------------------------------- state/logs
     def _log_row(self, row: dict) -> None:
@@ -352,27 +437,28 @@ class Trainer:
             w.writerow({"time": round(time.time(), 3), **{k: (f"{v:.6g}" if isinstance(v, float) else v)
                                                          for k, v in row.items()}})
 
+    def _training_info(self, epoch: int, step: int, val_loss, val_acc, best, init: bool = False) -> dict:
+        info = {"data": self.summary, "epoch": epoch, "step": step, "val_loss": val_loss, "val_acc": val_acc,
+                "best_val_loss": best if best is None or math.isfinite(best) else None, "config": to_dict(self.cfg)}
+        return {**info, "init": True} if init else info
+
     def _save(self, epoch: int, step: int, val_loss: float, val_acc: float, best: float, opt,
               improved: bool) -> None:
-        training = {"data": self.summary, "epoch": epoch, "step": step, "val_loss": val_loss, "val_acc": val_acc,
-                    "best_val_loss": best, "config": to_dict(self.cfg)}
-        last = save_checkpoint(self.detector, self.out / "last", self.preprocess, training)
+        training = self._training_info(epoch, step, val_loss, val_acc, best)
+        last = self.detector.save(self.out / "last", training)
         state = {"optimizer": opt.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
                  "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None}
         torch.save(state, last / (STATE_FILE + ".tmp"))
         (last / (STATE_FILE + ".tmp")).replace(last / STATE_FILE)
         if improved:
-            save_checkpoint(self.detector, self.out / "best", self.preprocess, training)
+            self.detector.save(self.out / "best", training)
             log.info("epoch %d: new best validation loss %.4f -> %s", epoch, val_loss, self.out / "best")
 
     def _load_state(self, opt) -> tuple[int, int, float]:
         last = self.out / "last"
-        self.detector.load_rows(read_rows(last / ROWS_FILE), source=f"'{last}'")
         state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=True)
         opt.load_state_dict(state["optimizer"])
-        o = self.cfg.optim
-        for group in opt.param_groups:  # the config's hyper-parameters run, not the saved ones (--resume-force)
-            group.update(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        set_hyperparameters(opt, self.cfg.optim)  # the config's values run, not the saved ones (--resume-force)
         if self.acc.scaler is not None and state.get("scaler"):
             self.acc.scaler.load_state_dict(state["scaler"])
         log.info("resuming from %s after epoch %d (step %d)", last, state["epoch"], state["step"])

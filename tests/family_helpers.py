@@ -43,24 +43,26 @@ def load_tensors(path: Path | str, preprocess, train: bool = False) -> tuple[tor
 
 
 def train_steps(det, x: torch.Tensor, y: torch.Tensor, optim, epochs: int, batch_size: int, seed: int = 0) -> list[float]:
-    """A plain loop with the recipe's optimizer and schedule; returns the per-step losses."""
-    from detector.recipe import build_optimizer, build_scheduler
+    """A plain loop with the config's optimizer and schedule (no data pipeline); returns the per-step losses."""
+    from detector.train_config import build_optimizer, lr_at
 
     steps_per_epoch = len(y) // batch_size
-    opt = build_optimizer(det.trainable_parameters(), optim, batch_size)
-    sched = build_scheduler(opt, optim, steps_per_epoch, epochs)
+    peak = optim.peak_lr(batch_size)
+    opt = build_optimizer(det.trainable_parameters(), optim, peak)
     gen = torch.Generator().manual_seed(seed)
-    losses = []
+    losses, step = [], 0
     det.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(y), generator=gen)
         for i in range(steps_per_epoch):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(optim, epoch, i, step, epochs, steps_per_epoch, peak=peak)
             idx = order[i * batch_size:(i + 1) * batch_size]
             loss = det(x[idx], y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            step += 1
             losses.append(float(loss.detach()))
     det.eval()
     return losses

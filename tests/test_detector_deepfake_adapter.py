@@ -77,7 +77,7 @@ def test_adapters_start_as_a_no_op_on_the_vit_stream(tiny_dir):
 @pytest.fixture(scope="module")
 def trained(sets, tiny_dir):
     """The tiny detector before and after 3 epochs of the recipe's SGD on the separable training set."""
-    from detector.recipe import OptimConfig
+    from detector.train_config import OptimConfig
 
     torch.set_num_threads(1)
     det = _tiny()
@@ -85,8 +85,9 @@ def trained(sets, tiny_dir):
     x_te, y_te = load_tensors(sets["test"], det.preprocess)
     untrained = accuracy(det, x_te, y_te)
     before = {k: v.clone() for k, v in det.checkpoint_state().items()}
-    losses = train_steps(det, x_tr, y_tr, OptimConfig(name="sgd", blr=4.0, warmup_epochs=0.5), epochs=3,
-                         batch_size=16)
+    losses = train_steps(det, x_tr, y_tr, OptimConfig(name="sgd", lr=None, blr=4.0, weight_decay=1e-4,
+                                                      schedule="cosine_step", warmup_lr=0.0, warmup_epochs=0.5),
+                         epochs=3, batch_size=16)
     return {"det": det, "before": before, "losses": losses, "untrained": untrained,
             "trained": accuracy(det, x_te, y_te), "x_test": x_te}
 
@@ -163,9 +164,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
 
 def test_tiny_recipe_builds_on_the_twin(tiny_dir):
     from detector import DETECTORS
-    from detector.recipe import load_recipe
+    from detector.train_config import load_train_config
 
-    recipe = load_recipe("deepfake_adapter", tiny=True)
+    recipe = load_train_config("deepfake_adapter", ["data.train=[x]"], tiny=True)
     det = DETECTORS.get(recipe.detector).from_config(recipe.model, "cpu")
     assert det.preprocess.image_size == 32 and det.identity()["backbone"] == "tiny:timm_vit"
     assert det.score(torch.zeros(2, 3, 32, 32)).shape == (2,)

@@ -67,46 +67,86 @@ def test_registry_lists_every_family_lazily():
                      "nearest_neighbor": FIT_FEATURES, "contrastive_disentangle": FIT_FEATURES}
 
 
-def test_every_recipe_parses_with_and_without_tiny():
-    from detector.recipe import load_recipe
+def test_every_config_parses_with_and_without_tiny():
+    """Every named config types; --tiny swaps every real model id for a twin (its `tiny:` block applied first)."""
+    from detector.train_config import load_train_config
     from fakeforge.config import CONFIG_ROOT
 
-    names = [p.stem for p in (CONFIG_ROOT / "detector").glob("*.yaml") if not p.stem.startswith("antifakeprompt")]
-    assert {f"{n}_tiny" for n in NEW_FAMILIES} <= set(names) and set(NEW_FAMILIES) <= set(names)
+    names = [p.stem for p in (CONFIG_ROOT / "detector").glob("*.yaml")]
+    assert set(NEW_FAMILIES) <= set(names)
     for name in names:
-        recipe = load_recipe(name)
-        tiny = load_recipe(name, tiny=True)
-        assert recipe.detector == tiny.detector and tiny.model.backbone.startswith("tiny:"), name
-    dfa = load_recipe("deepfake_adapter")
-    assert (dfa.optim.name, dfa.optim.blr, dfa.optim.warmup_epochs, dfa.train.epochs) == ("sgd", 0.1, 15, 100)
+        cfg = load_train_config(name, ["data.train=[x]"])
+        tiny = load_train_config(name, ["data.train=[x]"], tiny=True)
+        assert cfg.detector == tiny.detector and cfg.description, name
+        model_id = tiny.model.model_id if cfg.detector == "antifakeprompt" else tiny.model.backbone
+        assert model_id.startswith("tiny:"), name
+    dfa = load_train_config("deepfake_adapter", ["data.train=[x]"])
+    assert (dfa.optim.name, dfa.optim.lr, dfa.optim.blr, dfa.optim.warmup_epochs, dfa.train.epochs) == \
+        ("sgd", None, 0.1, 15, 100)
     assert (dfa.model.mean, dfa.model.std, dfa.model.bottleneck) == ([0.5] * 3, [0.5] * 3, 64)
+    assert dfa.optim.peak_lr(64) == pytest.approx(0.025)
+    tiny = load_train_config("deepfake_adapter", ["data.train=[x]", "model.backbone=vit_small_patch16_224"],
+                             tiny=True)
+    assert tiny.model.backbone == "tiny:timm_vit" and tiny.model.spm_channels == 16  # --set cannot escape --tiny
+    afp = load_train_config("antifakeprompt", ["data.train=[x]", "train.epochs=2"], tiny=True)
+    assert (afp.model.model_id, afp.model.llm_id, afp.model.dtype, afp.data.image_size, afp.train.epochs,
+            afp.optim.lr, afp.optim.schedule) == ("tiny:instructblip", None, "float32", 32, 2, 0.05, "cosine_epoch")
+    # the named tiny config is the same recipe as `antifakeprompt --tiny` (the tiny: block)
+    from fakeforge.config import to_dict
+
+    flat = [to_dict(load_train_config(n, ["data.train=[x]"], tiny=True)) for n in ("antifakeprompt",
+                                                                                  "antifakeprompt_tiny")]
+    for d in flat:
+        d.pop("description")
+        d["train"].pop("output_dir")
+        d["train"].pop("device")
+    assert flat[0] == flat[1]
 
 
-def test_recipe_errors_name_the_key():
-    from detector.recipe import load_recipe
+def test_config_errors_name_the_key(tmp_path):
+    from detector.train_config import load_train_config
     from fakeforge.registry import UnknownNameError
 
+    def load(name, *overrides):
+        return load_train_config(name, ["data.train=[x]", *overrides])
+
     with pytest.raises(ConfigError, match="model.k"):
-        load_recipe("nearest_neighbor", ["model.k=0"])
+        load("nearest_neighbor", "model.k=0")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['bottlenek'\]"):
-        load_recipe("deepfake_adapter", ["model.bottlenek=32"])
+        load("deepfake_adapter", "model.bottlenek=32")
     with pytest.raises(ConfigError, match="optim.warmup"):
-        load_recipe("deepfake_adapter", ["optim.warmup_steps=10"])
+        load("deepfake_adapter", "optim.warmup_steps=10")
     with pytest.raises(ConfigError, match="backbone"):
-        load_recipe("linear_probe", ["model.backbone=clip-vit"])
+        load("linear_probe", "model.backbone=clip-vit")
     with pytest.raises(UnknownNameError, match="linear_probe"):
-        load_recipe("linear_probe", ["detector=linear_prob"])
+        load("linear_probe", "detector=linear_prob")
+    with pytest.raises(ConfigError, match="data.image_size = 64: 'deepfake_adapter' takes its input size"):
+        load("deepfake_adapter", "data.image_size=64")
+    with pytest.raises(ConfigError, match="data.stats_file: 'linear_probe' normalises with its model's own"):
+        load("linear_probe", "data.stats_file=stats.json")
+    with pytest.raises(ConfigError, match="data.mix .* fits on every cached training sample"):
+        load("linear_probe", "data.mix={coco: 1}")
+    with pytest.raises(ConfigError, match="train.batch_size = 1: 'deepfake_adapter' needs training batches of at "
+                                          "least 2"):
+        load("deepfake_adapter", "train.batch_size=1")
+    with pytest.raises(ConfigError, match="model.zero_shot = true has nothing to train"):
+        load("antifakeprompt", "model.zero_shot=true")
+    bad = tmp_path / "bad_tiny.yaml"
+    bad.write_text("detector: linear_probe\ntiny: [1, 2]\n")
+    with pytest.raises(ConfigError, match="'tiny' must be a mapping"):
+        load_train_config(str(bad), ["data.train=[x]"], tiny=True)
 
 
 # ------------------------------------------------------------------------------------------- schedule
 def test_deepfake_adapter_schedule_matches_the_official_rule():
     """lr = 0.1 x batch/256; linear warm-up from 0 over 15 epochs, per step; half cosine to 0 at 100 epochs."""
-    from detector.recipe import OptimConfig, build_optimizer, build_scheduler, lr_factor
+    from detector.train_config import OptimConfig, build_optimizer, lr_at
 
-    cfg = OptimConfig(name="sgd", blr=0.1, warmup_epochs=15, weight_decay=1e-4)
-    assert cfg.base_lr(64) == pytest.approx(0.025)  # the released scripts: 2 GPUs x 32
+    cfg = OptimConfig(name="sgd", lr=None, blr=0.1, schedule="cosine_step", warmup_lr=0.0, warmup_epochs=15,
+                      weight_decay=1e-4)
+    peak = cfg.peak_lr(64)
+    assert peak == pytest.approx(0.025)  # the released scripts: 2 GPUs x 32
     spe, epochs = 10, 100
-    total = spe * epochs
 
     def official(epoch: float) -> float:  # util/lr_sched.py, in units of the peak LR
         if epoch < 15:
@@ -114,23 +154,19 @@ def test_deepfake_adapter_schedule_matches_the_official_rule():
         return 0.5 * (1 + math.cos(math.pi * (epoch - 15) / (epochs - 15)))
 
     for step in (0, 1, 75, 149, 150, 151, 500, 999):
-        assert lr_factor(cfg, step, spe, total, 0.025) == pytest.approx(official(step / spe)), step
-    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, 64)
-    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
-    sched = build_scheduler(opt, cfg, spe, epochs)
-    assert opt.param_groups[0]["lr"] == 0.0  # step 0 of the warm-up
-    for _ in range(150):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+        got = lr_at(cfg, step // spe, step % spe, step, epochs, spe, peak=peak)
+        assert got == pytest.approx(peak * official(step / spe)), step
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, peak)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == peak
 
 
-def test_antifakeprompt_warmup_rule_and_min_lr():
-    from detector.recipe import OptimConfig, lr_factor
+def test_cosine_step_warmup_from_warmup_lr_and_min_lr():
+    from detector.train_config import OptimConfig, lr_at
 
-    cfg = OptimConfig(name="adamw", lr=1e-5, min_lr=1e-6, warmup_steps=4)
-    assert [lr_factor(cfg, s, 10, 100, 1e-5) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert lr_factor(cfg, 100, 10, 100, 1e-5) == pytest.approx(0.1)  # ends at min_lr / lr
+    cfg = OptimConfig(name="adamw", lr=1e-5, min_lr=1e-6, schedule="cosine_step", warmup_lr=0.0, warmup_steps=4)
+    assert [lr_at(cfg, 0, s, s, 10, 10) / 1e-5 for s in range(5)] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    assert lr_at(cfg, 9, 9, 99, 10, 10) == pytest.approx(1e-6, rel=0.01)  # ends near min_lr
+    assert lr_at(cfg, 10, 0, 100, 10, 10) == pytest.approx(1e-6)
 
 
 # ------------------------------------------------------------------------------------------- checkpoint I/O
@@ -180,8 +216,8 @@ def test_load_gives_identical_scores_and_preprocessing(probe_ckpt, tmp_path):
 
 def test_checkpoint_for_another_detector_or_backbone_is_refused(probe_ckpt, tmp_path):
     from detector.base import CheckpointError
-    from detector.io import load_detector, load_detector_state
     from detector.frozen_features import NearestNeighbor, NearestNeighborConfig
+    from detector.io import load_detector, load_detector_state
 
     with pytest.raises(CheckpointError, match="'linear_probe' detector, but 'nearest_neighbor' was asked for"):
         load_detector(probe_ckpt["path"], expect="nearest_neighbor")
@@ -235,9 +271,12 @@ def test_benchmark_smoke(tiny_dir, capsys, tmp_path):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     assert bench.main(["--iters", "1", "--warmup", "0", "--batch-size", "4", "--bank", "20", "--fit-images", "8",
-                       "--workers", "1", "--json", str(out)]) == 0
+                       "--workers", "1", "--eval-images", "4", "--eval-size", "48", "--repeats", "1", "--checkpoints",
+                       "2", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res["scoring"]) == set(NEW_FAMILIES)
+    assert set(res["scoring"]) == {"antifakeprompt", *NEW_FAMILIES}
+    assert res["multi_eval"]["scores_identical"] and len(res["multi_eval"]["checkpoints"]) == 5
+    assert res["multi_eval_from_folders"]["speedup"] > 0
     assert res["probe_fit"]["from_images"]["built"] == ["coco", "sd2"]
     assert res["probe_fit"]["from_cache"]["reused"] == ["coco", "sd2"] and res["probe_fit"]["images"] == 16
     assert "trainable parameters: " in capsys.readouterr().out

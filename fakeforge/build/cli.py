@@ -148,6 +148,11 @@ def run_ls(args: argparse.Namespace) -> int:
                 section(f"{kind}:", [(n, reg.help(n)) for n in reg.names()])
             except (ImportError, AttributeError):
                 section(f"{kind}:", [])
+    if w in ("all", "detectors"):
+        configs = sorted((CONFIG_ROOT / "detector").glob("*.yaml"))
+        section("detector configs (configs/detector/; fakeforge train --config NAME):",
+                [(c.stem, f"[{d.get('detector')}] {d.get('description', '')}") for c in configs
+                 for d in [load_yaml(c)]])
     if w in ("all", "tiny"):
         section("tiny twins:", [(n, TWINS.help(n)) for n in TWINS.names()])
     return 0
