@@ -157,14 +157,20 @@ class Pipeline:
             return shlex.split(self.cfg.launcher) + ["-m", "fakeforge.cli", *args]
         return [sys.executable, "-m", "fakeforge.cli", *args]
 
-    def _run(self, title: str, args: list[str], launch: bool = False) -> None:
+    def _run(self, title: str, args: list[str], launch: bool = False, in_process: bool = False) -> None:
+        """Run one stage's `fakeforge` command: builds and training in their own process (under the
+        launcher, if any: they start accelerate's distributed state), the rest in this one."""
         self.step += 1
-        cmd = self._cmd(args, launch)
         print(f"[{self.step}] {title}\n    $ {shlex.join(['fakeforge', *args])}", flush=True)
         start = time.time()
-        result = subprocess.run(cmd)
-        if result.returncode != 0:
-            raise PipelineError(f"stage '{title}' failed (exit {result.returncode}); fix the cause and rerun the "
+        if in_process and not launch:
+            from fakeforge.cli import main
+
+            code = main(args)
+        else:
+            code = subprocess.run(self._cmd(args, launch)).returncode
+        if code != 0:
+            raise PipelineError(f"stage '{title}' failed (exit {code}); fix the cause and rerun the "
                                 "same command to resume")
         print(f"    done in {time.time() - start:.1f} s", flush=True)
 
@@ -259,7 +265,7 @@ class Pipeline:
                                   "--out", str(stats)]
                     if data_cfg.get("stats_max_images"):
                         stats_args += ["--max-images", str(data_cfg["stats_max_images"])]
-                    self._run(f"mean/std of the training data of '{d.name}'", stats_args)
+                    self._run(f"mean/std of the training data of '{d.name}'", stats_args, in_process=True)
                 args += ["--set", f"data.stats_file={stats}"]
             args += [a for o in d.overrides for a in ("--set", o)]
             args += ["--tiny"] if self.tiny else []
@@ -292,7 +298,7 @@ class Pipeline:
                     "--no-plots", *self.cfg.evaluate.extra_args]
             args += ["--limit", str(self.cfg.evaluate.limit)] if self.cfg.evaluate.limit else []
             args += ["--tiny"] if self.tiny else []
-            self._run(f"evaluate '{d.name}' on {', '.join(self.cfg.evaluate.datasets)}", args)
+            self._run(f"evaluate '{d.name}' on {', '.join(self.cfg.evaluate.datasets)}", args, in_process=True)
             StageRecord(self.out, f"eval/{d.name}").write(digest, {"checkpoint": ckpt, **inputs}, True)
             outs.append(folder)
         return outs
