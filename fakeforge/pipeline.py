@@ -51,8 +51,8 @@ class DatasetStage:
 
 @dataclass
 class DetectorStage:
-    """A detector row of the table: trained with `config` on `train_on` datasets, or an existing
-    `checkpoint` (a folder, or "zero-shot") used as is."""
+    """A detector row of the table: trained with `config` on `train_on` (datasets, or single sets of a
+    dataset as "dataset/set"), or an existing `checkpoint` (a folder, or "zero-shot") used as is."""
 
     name: str
     config: str | None = None
@@ -102,7 +102,7 @@ class PipelineConfig:
             if dup:
                 raise ConfigError(f"{label} names must be unique; repeated: {dup}")
         for d in self.detectors:
-            unknown = [n for n in d.train_on if n not in names]
+            unknown = [n for n in d.train_on if n.split("/", 1)[0] not in names]
             if unknown:
                 raise ConfigError(f"detector '{d.name}': train_on names {unknown}, which no dataset stage produces "
                                   f"(datasets: {names})")
@@ -157,14 +157,20 @@ class Pipeline:
             return shlex.split(self.cfg.launcher) + ["-m", "fakeforge.cli", *args]
         return [sys.executable, "-m", "fakeforge.cli", *args]
 
-    def _run(self, title: str, args: list[str], launch: bool = False) -> None:
+    def _run(self, title: str, args: list[str], launch: bool = False, in_process: bool = False) -> None:
+        """Run one stage's `fakeforge` command: builds and training in their own process (under the
+        launcher, if any: they start accelerate's distributed state), the rest in this one."""
         self.step += 1
-        cmd = self._cmd(args, launch)
         print(f"[{self.step}] {title}\n    $ {shlex.join(['fakeforge', *args])}", flush=True)
         start = time.time()
-        result = subprocess.run(cmd)
-        if result.returncode != 0:
-            raise PipelineError(f"stage '{title}' failed (exit {result.returncode}); fix the cause and rerun the "
+        if in_process and not launch:
+            from fakeforge.cli import main
+
+            code = main(args)
+        else:
+            code = subprocess.run(self._cmd(args, launch)).returncode
+        if code != 0:
+            raise PipelineError(f"stage '{title}' failed (exit {code}); fix the cause and rerun the "
                                 "same command to resume")
         print(f"    done in {time.time() - start:.1f} s", flush=True)
 
@@ -217,6 +223,17 @@ class Pipeline:
             extra = list(TINY_OVERRIDES) + extra
         return apply_overrides(raw, extra)
 
+    def _data_spec(self, entry: str) -> str:
+        """A train_on entry as a set spec: a dataset folder, or NAME=FOLDER for one set of a dataset."""
+        dataset, _, set_name = entry.partition("/")
+        folder = self.out / "data" / dataset
+        if not set_name:
+            return str(folder)
+        if not (folder / set_name).is_dir():
+            raise ConfigError(f"train_on entry '{entry}': dataset '{dataset}' has no set '{set_name}' (sets: "
+                              f"{sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith('_'))})")
+        return f"{set_name}={folder / set_name}"
+
     def train_detectors(self) -> None:
         for d in self.cfg.detectors:
             if d.checkpoint:
@@ -224,7 +241,7 @@ class Pipeline:
                 self.checkpoints[d.name] = (d.checkpoint, digest)
                 continue
             resolved = self._train_config(d)
-            inputs = {n: self.data_hash[n] for n in d.train_on}
+            inputs = {n: self.data_hash[n.split("/", 1)[0]] for n in d.train_on}
             digest = config_hash({"config": resolved, "data": inputs, "tiny": self.tiny})
             stage = f"train/{d.name}"
             folder = self.out / "train" / d.name
@@ -238,7 +255,7 @@ class Pipeline:
                 print(f"[-] train '{d.name}': finished earlier with the same config and data, reused ({folder})")
                 self.checkpoints[d.name] = (str(folder / "best"), digest)
                 continue
-            paths = [str(self.out / "data" / n) for n in d.train_on]
+            paths = [self._data_spec(n) for n in d.train_on]
             args = ["train", "--config", d.config, "--out", str(folder), "--set", f"data.train=[{','.join(paths)}]"]
             data_cfg = resolved.get("data") or {}
             if d.stats and data_cfg.get("mean") is None and not data_cfg.get("stats_file"):
@@ -248,7 +265,7 @@ class Pipeline:
                                   "--out", str(stats)]
                     if data_cfg.get("stats_max_images"):
                         stats_args += ["--max-images", str(data_cfg["stats_max_images"])]
-                    self._run(f"mean/std of the training data of '{d.name}'", stats_args)
+                    self._run(f"mean/std of the training data of '{d.name}'", stats_args, in_process=True)
                 args += ["--set", f"data.stats_file={stats}"]
             args += [a for o in d.overrides for a in ("--set", o)]
             args += ["--tiny"] if self.tiny else []
@@ -281,7 +298,7 @@ class Pipeline:
                     "--no-plots", *self.cfg.evaluate.extra_args]
             args += ["--limit", str(self.cfg.evaluate.limit)] if self.cfg.evaluate.limit else []
             args += ["--tiny"] if self.tiny else []
-            self._run(f"evaluate '{d.name}' on {', '.join(self.cfg.evaluate.datasets)}", args)
+            self._run(f"evaluate '{d.name}' on {', '.join(self.cfg.evaluate.datasets)}", args, in_process=True)
             StageRecord(self.out, f"eval/{d.name}").write(digest, {"checkpoint": ckpt, **inputs}, True)
             outs.append(folder)
         return outs

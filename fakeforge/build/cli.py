@@ -12,7 +12,7 @@ log = logging.getLogger("fakeforge.build")
 
 BUILD_EPILOG = """examples:
   fakeforge build --tiny                                  # embedded demo source, tiny twins, runs/demo
-  fakeforge build --config antifakeprompt_train --limit 100 --tiny   # dry-run the paper recipe
+  fakeforge build --config antifakeprompt_test --tiny --demo-data   # dry-run a paper recipe anywhere
   fakeforge build --config configs/build/my.yaml --set sets.1.generator.num_inference_steps=30
   accelerate launch build_dataset.py --config antifakeprompt_test   # one process per GPU
 Rerun the same command to resume: finished shards are skipped, broken ones redone.
@@ -34,6 +34,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also redo finished shards that recorded failed samples")
     parser.add_argument("--verify-existing", action="store_true",
                         help="check the sha256 of every finished shard before skipping it (default: sizes only)")
+    parser.add_argument("--demo-data", action="store_true",
+                        help="replace every source with the built-in sample photos (8 a set; output gets a _demo "
+                             "suffix): with --tiny, any build config dry-runs offline in minutes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.epilog = BUILD_EPILOG
 
@@ -46,7 +49,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     install_sigterm_handler()
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
-                             tiny_root=args.tiny_dir)
+                             tiny_root=args.tiny_dir, demo_data=args.demo_data)
     try:
         summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed,
                         verify_existing=args.verify_existing)

@@ -152,14 +152,15 @@ def _generator_label(spec: Any) -> str:
 
 
 def resolve_build(config: str | Path | None = None, overrides: list[str] | None = None, *, tiny: bool = False,
-                  limit: int | None = None, output: str | None = None, tiny_root: str | None = None
-                  ) -> ResolvedBuild:
+                  limit: int | None = None, output: str | None = None, tiny_root: str | None = None,
+                  demo_data: bool = False) -> ResolvedBuild:
     """Load a build config (a path or a name under configs/build/; None = the embedded default),
     apply `key=value` overrides, `limit` and `output`, and validate every set's generator config.
+    `demo_data` replaces every source with the built-in sample photos (fakeforge/build/demo_data.py).
 
     Raises one ConfigError listing every problem found (each naming its dotted key)."""
     resolved, problems = resolve_build_collect(config, overrides, tiny=tiny, limit=limit, output=output,
-                                               tiny_root=tiny_root)
+                                               tiny_root=tiny_root, demo_data=demo_data)
     if problems:
         raise ConfigError(problems=problems)
     return resolved
@@ -167,13 +168,18 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
 
 def resolve_build_collect(config: str | Path | None = None, overrides: list[str] | None = None, *,
                           tiny: bool = False, limit: int | None = None, output: str | None = None,
-                          tiny_root: str | None = None) -> tuple[ResolvedBuild | None, list[str]]:
+                          tiny_root: str | None = None, demo_data: bool = False
+                          ) -> tuple[ResolvedBuild | None, list[str]]:
     """Like `resolve_build`, but returns (resolved build or None, problems) and checks every set even
     when an earlier one is broken. The resolved build holds only the sets without problems."""
     from generators import generator_config, resolve_generator_spec
 
     path = resolve_named_config(config or DEFAULT_BUILD, "build")
     raw = apply_overrides(_normalise_sets(load_yaml(path)), overrides)
+    if demo_data:
+        from fakeforge.build.demo_data import use_demo_data
+
+        raw = use_demo_data(raw)
     problems: list[str] = []
     if limit is not None:
         if limit < 1:

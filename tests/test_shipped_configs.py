@@ -1,0 +1,61 @@
+"""Every shipped build config and pipeline dry-runs anywhere: `--tiny --demo-data` (offline, minutes).
+
+The default suite resolves every config under demo data without loading a model and builds one small
+paper config end to end; `-m slow` builds every build config and runs every pipeline.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fakeforge.build.config import resolve_build
+from fakeforge.cli import main
+from fakeforge.config import CONFIG_ROOT
+
+BUILD_CONFIGS = sorted(p.stem for p in (CONFIG_ROOT / "build").glob("*.yaml"))
+PIPELINES = sorted(p.stem for p in (CONFIG_ROOT / "pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", BUILD_CONFIGS)
+def test_every_build_config_resolves_on_demo_data(name, tmp_path):
+    r = resolve_build(name, tiny=True, demo_data=True, output=str(tmp_path / "o"))
+    assert r.sets, name
+    for s in r.sets:
+        assert s.source.kind == "photos" and s.source.limit == 8, (name, s.name)
+        assert s.generator_cls.__name__ != "DownloadedImage"  # pass-through sets are left out
+
+
+def test_demo_data_keeps_each_sets_own_draw_and_moves_the_output():
+    r = resolve_build("antifakeprompt_train", tiny=True, demo_data=True)
+    seeds = {s.name: s.source.seed for s in r.sets}
+    assert seeds == {"coco": 0, "sd3": 1, "sd2ip": 2}
+    assert str(r.output).endswith("antifakeprompt_train_demo")
+
+
+def test_a_paper_config_builds_on_demo_data(tmp_path, tiny_dir):
+    out = tmp_path / "v1"
+    assert main(["build", "--config", "antifakeprompt_train_v1", "--tiny", "--demo-data", "--limit", "3",
+                 "--output", str(out), "--no-progress"]) == 0
+    assert main(["verify", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {k: (v["label"], v["count"]) for k, v in manifest["sets"].items()} == {"coco": ("real", 3),
+                                                                                 "sd2": ("fake", 3)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILD_CONFIGS)
+def test_every_build_config_builds_on_demo_data(name, tmp_path, tiny_dir):
+    out = tmp_path / name
+    assert main(["build", "--config", name, "--tiny", "--demo-data", "--limit", "2", "--output", str(out),
+                 "--no-progress"]) == 0
+    assert main(["verify", str(out)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PIPELINES)
+def test_every_pipeline_runs_on_demo_data(name, tmp_path, tiny_dir):
+    out = tmp_path / name
+    assert main(["run", "--config", name, "--tiny", "--demo-data", "--out", str(out),
+                 "--set", "evaluate.limit=4"]) == 0
+    assert (out / "report" / "report.html").is_file()
