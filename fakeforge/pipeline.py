@@ -52,19 +52,23 @@ class DatasetStage:
 @dataclass
 class DetectorStage:
     """A detector row of the table: trained with `config` on `train_on` (datasets, or single sets of a
-    dataset as "dataset/set"), or an existing `checkpoint` (a folder, or "zero-shot") used as is."""
+    dataset as "dataset/set"), an existing `checkpoint` (a folder, or "zero-shot") used as is, or
+    `init_of` another detector of the pipeline: that run's `init/` checkpoint (the same detector before
+    training), so the table compares trained against untrained on the same data."""
 
     name: str
     config: str | None = None
     checkpoint: str | None = None
+    init_of: str | None = None
     train_on: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     stats: bool = True  # compute mean/std of the training data first (when the config does not fix them)
 
     def validate(self) -> None:
-        if bool(self.config) == bool(self.checkpoint):
-            raise ConfigError(f"detector '{self.name}': give exactly one of 'config' (train it) or 'checkpoint' "
-                              f"(use it as is); got config={self.config!r}, checkpoint={self.checkpoint!r}")
+        if sum(bool(v) for v in (self.config, self.checkpoint, self.init_of)) != 1:
+            raise ConfigError(f"detector '{self.name}': give exactly one of 'config' (train it), 'checkpoint' (use "
+                              f"it as is) or 'init_of' (another detector's untrained start); got config="
+                              f"{self.config!r}, checkpoint={self.checkpoint!r}, init_of={self.init_of!r}")
         if self.config and not self.train_on:
             raise ConfigError(f"detector '{self.name}': 'train_on' must name the datasets to train on")
 
@@ -106,6 +110,11 @@ class PipelineConfig:
             if unknown:
                 raise ConfigError(f"detector '{d.name}': train_on names {unknown}, which no dataset stage produces "
                                   f"(datasets: {names})")
+        trained = [d.name for d in self.detectors if d.config]
+        for d in self.detectors:
+            if d.init_of and d.init_of not in trained:
+                raise ConfigError(f"detector '{d.name}': init_of = '{d.init_of}' is not a trained detector of this "
+                                  f"pipeline (trained: {trained})")
         unknown = [n for n in self.evaluate.datasets if n not in names]
         if unknown:
             raise ConfigError(f"evaluate.datasets names {unknown}, which no dataset stage produces (datasets: {names})")
@@ -215,13 +224,18 @@ class Pipeline:
 
     # -- detectors ------------------------------------------------------------------------------------
     def _train_config(self, d: DetectorStage) -> dict:
-        raw = load_yaml(resolve_named_config(d.config, "detector"))
-        extra = list(d.overrides)
-        if self.tiny:
-            from detector.cli import TINY_OVERRIDES
+        from detector.train_config import resolve_train_data
 
-            extra = list(TINY_OVERRIDES) + extra
-        return apply_overrides(raw, extra)
+        return resolve_train_data(d.config, list(d.overrides), tiny=self.tiny)
+
+    @staticmethod
+    def _uses_data_statistics(resolved: dict) -> bool:
+        """True for detectors normalised by statistics measured on their training data (AntifakePrompt)."""
+        from detector import DETECTORS
+
+        name = resolved.get("detector")
+        return isinstance(name, str) and name in DETECTORS and bool(getattr(DETECTORS.get(name), "data_statistics",
+                                                                            False))
 
     def _data_spec(self, entry: str) -> str:
         """A train_on entry as a set spec: a dataset folder, or NAME=FOLDER for one set of a dataset."""
@@ -240,6 +254,8 @@ class Pipeline:
                 digest = config_hash({"checkpoint": d.checkpoint, "tiny": self.tiny})
                 self.checkpoints[d.name] = (d.checkpoint, digest)
                 continue
+            if d.init_of:
+                continue  # after the detector it starts from
             resolved = self._train_config(d)
             inputs = {n: self.data_hash[n.split("/", 1)[0]] for n in d.train_on}
             digest = config_hash({"config": resolved, "data": inputs, "tiny": self.tiny})
@@ -258,10 +274,11 @@ class Pipeline:
             paths = [self._data_spec(n) for n in d.train_on]
             args = ["train", "--config", d.config, "--out", str(folder), "--set", f"data.train=[{','.join(paths)}]"]
             data_cfg = resolved.get("data") or {}
-            if d.stats and data_cfg.get("mean") is None and not data_cfg.get("stats_file"):
+            if d.stats and self._uses_data_statistics(resolved) and data_cfg.get("mean") is None \
+                    and not data_cfg.get("stats_file"):
                 stats = self.out / "stats" / f"{d.name}.json"
                 if not (record and stats.is_file()):
-                    stats_args = ["stats", "--sets", *paths, "--image-size", str(data_cfg.get("image_size", 224)),
+                    stats_args = ["stats", "--sets", *paths, "--image-size", str(data_cfg.get("image_size") or 224),
                                   "--out", str(stats)]
                     if data_cfg.get("stats_max_images"):
                         stats_args += ["--max-images", str(data_cfg["stats_max_images"])]
@@ -276,32 +293,55 @@ class Pipeline:
             StageRecord(self.out, stage).write(digest, inputs, True)
             self.rebuild.discard(stage)
             self.checkpoints[d.name] = (str(folder / "best"), digest)
+        for d in self.cfg.detectors:
+            if d.init_of:
+                trained_ckpt, trained_hash = self.checkpoints[d.init_of]
+                self.checkpoints[d.name] = (str(Path(trained_ckpt).parent / "init"), config_hash(
+                    {"init_of": trained_hash}))
 
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self) -> list[Path]:
+        """One side-by-side `fakeforge eval` for every detector whose results are missing or stale (each
+        image decoded once for all of them); each detector's results end in OUT/eval/<name>."""
         sets = [str(self.out / "data" / n) for n in self.cfg.evaluate.datasets]
         inputs = {n: self.data_hash[n] for n in self.cfg.evaluate.datasets}
-        outs = []
+        todo, digests = [], {}
         for d in self.cfg.detectors:
-            ckpt, ckpt_hash = self.checkpoints[d.name]
+            _ckpt, ckpt_hash = self.checkpoints[d.name]
             folder = self.out / "eval" / d.name
-            digest = config_hash({"detector": ckpt_hash, "data": inputs, "limit": self.cfg.evaluate.limit,
-                                  "args": self.cfg.evaluate.extra_args})
+            digests[d.name] = config_hash({"detector": ckpt_hash, "data": inputs, "limit": self.cfg.evaluate.limit,
+                                           "args": self.cfg.evaluate.extra_args})
             record = StageRecord(self.out, f"eval/{d.name}").read()
-            if record and record.get("hash") == digest and record.get("done") and (folder / "results.json").is_file():
+            if record and record.get("hash") == digests[d.name] and record.get("done") \
+                    and (folder / "results.json").is_file():
                 print(f"[-] eval '{d.name}': same checkpoint and data as before, reused ({folder})")
-                outs.append(folder)
                 continue
             if folder.exists():
                 shutil.rmtree(folder)  # results of other inputs are redone, never mixed
-            args = ["eval", "--checkpoint", ckpt, "--sets", *sets, "--out", str(folder), "--name", d.name,
-                    "--no-plots", *self.cfg.evaluate.extra_args]
+            todo.append(d)
+        if todo:
+            names = [d.name for d in todo]
+            # one detector: its files go straight into its folder; several: one sub-folder each, moved below
+            target = self.out / "eval" / names[0] if len(todo) == 1 else self.out / "eval" / ".side_by_side"
+            if target.exists():
+                shutil.rmtree(target)
+            args = ["eval", "--checkpoint", *(self.checkpoints[n][0] for n in names), "--name", *names,
+                    "--sets", *sets, "--out", str(target), "--no-plots", *self.cfg.evaluate.extra_args]
             args += ["--limit", str(self.cfg.evaluate.limit)] if self.cfg.evaluate.limit else []
             args += ["--tiny"] if self.tiny else []
-            self._run(f"evaluate '{d.name}' on {', '.join(self.cfg.evaluate.datasets)}", args, in_process=True)
-            StageRecord(self.out, f"eval/{d.name}").write(digest, {"checkpoint": ckpt, **inputs}, True)
-            outs.append(folder)
-        return outs
+            self._run(f"evaluate {', '.join(names)} on {', '.join(self.cfg.evaluate.datasets)}", args,
+                      in_process=True)
+            if len(todo) > 1:
+                for n in names:
+                    (target / n).rename(self.out / "eval" / n)
+                comparison = sorted(target.glob("comparison.*"))
+                for f in comparison:
+                    f.replace(self.out / "eval" / f.name)
+                shutil.rmtree(target)
+            for n in names:
+                StageRecord(self.out, f"eval/{n}").write(digests[n], {"checkpoint": self.checkpoints[n][0], **inputs},
+                                                        True)
+        return [self.out / "eval" / d.name for d in self.cfg.detectors]
 
     def write_report(self, evals: list[Path]) -> Path | None:
         if not self.cfg.report or not evals:
@@ -390,6 +430,19 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                      "AntifakePrompt training -> evaluation -> report.html. Rerun to resume.")
 
 
+def held_out_summary(results: dict) -> dict:
+    """Balanced accuracy (mean of the real sets' and the fake sets' accuracies), overall AUC and the
+    paper-layout average of one eval's results.json."""
+    sets = {k: v for k, v in results["sets"].items() if v.get("accuracy") is not None}
+    real = [v["accuracy"] for v in sets.values() if v.get("real", 0) and not v.get("fake", 0)]
+    fake = [v["accuracy"] for v in sets.values() if v.get("fake", 0) and not v.get("real", 0)]
+    parts = [sum(x) / len(x) for x in (real, fake) if x]
+    return {"balanced": sum(parts) / len(parts) if parts else float("nan"),
+            "auc": (results.get("overall") or {}).get("auc") or float("nan"),
+            "average": results.get("average_accuracy") or float("nan"),
+            "sets": {k: v["accuracy"] for k, v in sets.items()}}
+
+
 def run_demo(args: argparse.Namespace) -> int:
     cfg = load_pipeline(args.config, output=args.out)
     try:
@@ -397,13 +450,21 @@ def run_demo(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         print(f"fakeforge demo: error: {exc}", file=sys.stderr)
         return 1
-    print("\nheld-out test data (photo crops never used in training):")
+    print("\nheld-out test data (photo crops never used in training; sets: "
+          f"{', '.join(cfg.evaluate.held_in)} held in, the others held out):")
+    print(f"  {'detector':16s} {'balanced acc.':>13s} {'AUC':>6s} {'avg acc.':>8s}   per set")
+    rows = {}
     for folder in result["evals"]:
         data = json.loads((Path(folder) / "results.json").read_text())
-        accs = {k: v["accuracy"] for k, v in data["sets"].items() if v.get("accuracy") is not None}
-        avg = data.get("average_accuracy")
-        print(f"  {data.get('method', Path(folder).name):16s} average accuracy {100 * (avg or 0):6.2f}%  "
-              + "  ".join(f"{k} {100 * v:.1f}" for k, v in accs.items()))
+        rows[data.get("method", Path(folder).name)] = row = held_out_summary(data)
+        print(f"  {data.get('method', Path(folder).name):16s} {100 * row['balanced']:12.1f}% {100 * row['auc']:5.1f}%"
+              f" {100 * row['average']:7.1f}%   " + "  ".join(f"{k} {100 * v:.0f}" for k, v in row["sets"].items()))
+    trained = [n for n in rows if n not in ("untrained", "zero-shot")]
+    if trained and "untrained" in rows:
+        gain = rows[trained[0]]["balanced"] - rows["untrained"]["balanced"]
+        print(f"training adds {100 * gain:+.1f} points of balanced accuracy over the same detector untrained "
+              "(balanced accuracy = mean of the real-set and fake-set accuracies; the paper-layout average "
+              "favours a detector that calls everything fake when fake sets outnumber real ones)")
     print(f"\n{DEMO_NOTE}\nreport:  {result['report']}\ndata:    {cfg.output}/data (verified WebDataset shards, "
           f"dataset cards)\nreal weights (GPU, downloads the models):  fakeforge run --config {args.config} "
           f"--out runs/demo_real")
