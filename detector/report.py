@@ -150,7 +150,7 @@ def _plots(methods: list[MethodResult]) -> dict[str, str]:
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.axhline(50, color="grey", ls=":", lw=1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Accuracy per set")
     fig.tight_layout()
     plots["bars"] = _png(fig)
@@ -211,21 +211,66 @@ def _cell_style(acc: float) -> str:
     return f' style="background:hsl({hue},65%,85%)"'
 
 
-def accuracy_table(methods: list[MethodResult]) -> tuple[str, str]:
-    """(HTML, Markdown) of the paper-layout table: a row per detector, a column per set, then the average."""
+def balanced_accuracy(summary: dict) -> float:
+    """Mean of the real sets' mean accuracy and the fake sets' mean accuracy (NaN when a class is absent).
+
+    The paper-layout average weighs every set alike, so with more fake sets than real ones a detector
+    that calls everything fake scores well; the balanced figure does not reward that."""
+    real = [v["accuracy"] for v in summary["sets"].values() if v.get("real") and not v.get("fake")
+            and not math.isnan(v.get("accuracy", math.nan))]
+    fake = [v["accuracy"] for v in summary["sets"].values() if v.get("fake") and not v.get("real")
+            and not math.isnan(v.get("accuracy", math.nan))]
+    if not real or not fake:
+        return math.nan
+    return 0.5 * (sum(real) / len(real) + sum(fake) / len(fake))
+
+
+def _heads(names: list[str], held_in: set[str]) -> tuple[str, list[str]]:
+    cells = "".join(f"<th>{html.escape(n)}{'<sup title=held-in>in</sup>' if n in held_in else ''}</th>" for n in names)
+    return cells, [f"{n} (in)" if n in held_in else n for n in names]
+
+
+def accuracy_table(methods: list[MethodResult], held_in: set[str] | None = None) -> tuple[str, str]:
+    """(HTML, Markdown) of the paper-layout table: a row per detector, a column per set, the average, then
+    the balanced accuracy and the overall AUC (see `balanced_accuracy`)."""
     names = list(methods[0].summary["sets"])
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    head, md_names = _heads(names, held_in or set())
     rows_html, rows_md = [], []
     for m in methods:
         accs = [m.summary["sets"].get(n, {}).get("accuracy", math.nan) for n in names]
         cells = "".join(f"<td{_cell_style(a)}>{_pct(a)}</td>" for a in accs)
         avg = m.summary.get("average_accuracy", math.nan)
-        rows_html.append(f"<tr><td>{html.escape(m.method)}</td>{cells}<td class=avg{_cell_style(avg)}>"
-                         f"{_pct(avg)}</td></tr>")
-        rows_md.append(f"| {m.method} | " + " | ".join(_pct(a) for a in accs) + f" | **{_pct(avg)}** |")
-    html_table = f"<table><tr><th>Method</th>{head}<th>Avg</th></tr>{''.join(rows_html)}</table>"
-    md = "\n".join([f"| Method | {' | '.join(names)} | **Avg** |", "|---|" + "---|" * (len(names) + 1), *rows_md])
+        bal = balanced_accuracy(m.summary)
+        auc = (m.summary.get("overall") or {}).get("auc", math.nan)
+        auc = math.nan if auc is None else auc
+        rows_html.append(f"<tr><td>{html.escape(m.method)}</td>{cells}<td class=avg{_cell_style(avg)}>{_pct(avg)}"
+                         f"</td><td class=avg{_cell_style(bal)}>{_pct(bal)}</td><td{_cell_style(auc)}>{_pct(auc)}</td>"
+                         "</tr>")
+        rows_md.append(f"| {m.method} | " + " | ".join(_pct(a) for a in accs)
+                       + f" | **{_pct(avg)}** | {_pct(bal)} | {_pct(auc)} |")
+    html_table = (f"<table><tr><th>Method</th>{head}<th>Avg</th><th title='mean of the real and the fake sets' "
+                  f"accuracies'>Balanced</th><th>AUC</th></tr>{''.join(rows_html)}</table>")
+    md = "\n".join([f"| Method | {' | '.join(md_names)} | **Avg** | Balanced | AUC |",
+                    "|---|" + "---|" * (len(names) + 3), *rows_md])
     return html_table, md
+
+
+def metric_table(methods: list[MethodResult], key: str, held_in: set[str] | None = None) -> tuple[str, str]:
+    """(HTML, Markdown) of AUC or AP (`key`) per fake set: a row per detector, then the mean."""
+    names = [n for n, v in methods[0].summary["sets"].items() if v.get("fake")]
+    head, md_names = _heads(names, held_in or set())
+    rows_html, rows_md = [], []
+    for m in methods:
+        vals = [m.summary["sets"].get(n, {}).get(key, math.nan) for n in names]
+        vals = [math.nan if v is None else v for v in vals]
+        ok = [v for v in vals if not math.isnan(v)]
+        mean = sum(ok) / len(ok) if ok else math.nan
+        rows_html.append(f"<tr><td>{html.escape(m.method)}</td>" + "".join(
+            f"<td{_cell_style(v)}>{_pct(v)}</td>" for v in vals) + f"<td class=avg>{_pct(mean)}</td></tr>")
+        rows_md.append(f"| {m.method} | " + " | ".join(_pct(v) for v in vals) + f" | **{_pct(mean)}** |")
+    return (f"<table><tr><th>Method</th>{head}<th>Mean</th></tr>{''.join(rows_html)}</table>",
+            "\n".join([f"| Method | {' | '.join(md_names)} | **Mean** |", "|---|" + "---|" * (len(names) + 1),
+                       *rows_md]))
 
 
 def detail_table(methods: list[MethodResult]) -> tuple[str, str]:
@@ -257,7 +302,8 @@ def _grid(picks: list, thumbs: dict[str, str], threshold: float) -> tuple[str, s
 
 def write_report(methods: list[MethodResult], out_dir: str | Path, *, title: str = "fakeforge evaluation",
                  thumbnails: dict[str, dict[str, str]] | None = None, audit: dict | None = None,
-                 provenance: dict | None = None, note: str | None = None) -> list[Path]:
+                 provenance: dict | None = None, note: str | None = None,
+                 held_in: list[str] | None = None) -> list[Path]:
     """Write `report.html` and `report.md` into `out_dir`; returns their paths.
 
     `methods` share one set list (the first method's order). `thumbnails` comes from `read_thumbnails`,
@@ -270,7 +316,10 @@ def write_report(methods: list[MethodResult], out_dir: str | Path, *, title: str
     out_dir.mkdir(parents=True, exist_ok=True)
     thumbnails = thumbnails or {}
     plots = _plots(methods)
-    acc_html, acc_md = accuracy_table(methods)
+    inset = set(held_in or [])
+    acc_html, acc_md = accuracy_table(methods, inset)
+    auc_html, auc_md = metric_table(methods, "auc", inset)
+    ap_html, ap_md = metric_table(methods, "ap", inset)
     det_html, det_md = detail_table(methods)
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     thr = methods[0].summary.get("threshold", 0.5)
@@ -281,17 +330,24 @@ def write_report(methods: list[MethodResult], out_dir: str | Path, *, title: str
     if note:
         h.append(f"<p>{html.escape(note)}</p>")
         md += [note, ""]
-    h += ["<h2>Accuracy per set</h2>", acc_html, f'<div class=plots><img src="{plots["bars"]}" alt="accuracy bars">'
-          "</div>", "<h2>AUC and AP per set</h2>",
-          "<p class=note>AUC/AP: each set's fakes against all real samples of the evaluation.</p>", det_html,
-          "<h2>ROC curves and confusion matrices</h2><div class=plots>"]
-    md += ["## Accuracy per set", "", acc_md, "", f"![accuracy per set]({plots['bars']})", "",
-           "## AUC and AP per set", "", det_md, "", "## ROC curves and confusion matrices", ""]
+    legend = ("Avg: the paper's plain mean over the sets. Balanced: the mean of the real sets' and the fake sets' "
+              "accuracies (a detector that calls everything fake gets 50). AUC: all fakes against all reals."
+              + (" <sup>in</sup>: held-in set." if inset else ""))
+    h += ["<h2>Accuracy per set</h2>", acc_html, f"<p class=note>{legend}</p>",
+          f'<div class=plots><img src="{plots["bars"]}" alt="accuracy bars"></div>',
+          "<h2>AUC and AP per set</h2><p class=note>Each set's fakes against all real samples of the evaluation."
+          "</p><h3>AUC (%)</h3>", auc_html, "<h3>AP (%)</h3>", ap_html,
+          f"<details><summary>Counts per set and detector</summary>{det_html}</details>",
+          "<h2>ROC curves and confusion matrices</h2>"]
+    md += ["## Accuracy per set", "", acc_md, "", legend.replace("<sup>in</sup>", "(in)"), "",
+           f"![accuracy per set]({plots['bars']})", "", "## AUC and AP per set", "",
+           "Each set's fakes against all real samples of the evaluation.", "", "### AUC (%)", "", auc_md, "",
+           "### AP (%)", "", ap_md, "", "### Counts per set and detector", "", det_md, "",
+           "## ROC curves and confusion matrices", ""]
     for m in methods:
-        h.append(f'<img src="{plots["roc:" + m.method]}" alt="ROC {html.escape(m.method)}">'
-                 f'<img src="{plots["cm:" + m.method]}" alt="confusion {html.escape(m.method)}">')
+        h.append(f'<div class=plots><img src="{plots["roc:" + m.method]}" alt="ROC {html.escape(m.method)}">'
+                 f'<img src="{plots["cm:" + m.method]}" alt="confusion {html.escape(m.method)}"></div>')
         md += [f"![ROC {m.method}]({plots['roc:' + m.method]}) ![confusion {m.method}]({plots['cm:' + m.method]})", ""]
-    h.append("</div>")
     lead = methods[0]
     h.append(f"<h2>Most and least confident samples ({html.escape(lead.method)})</h2><p class=note>Green border: "
              "correct, red: wrong.</p>")
@@ -394,7 +450,8 @@ def make_report(evals: list[str | Path], out: str | Path, *, sets: list[str] | N
         note = (f"Held-in sets (the generators and sources training used): {', '.join(held_in)}; every other set is "
                 "held out.")
     prov = {**(provenance or {}), **{f"Evaluation: {m.method}": m.info for m in methods}}
-    return write_report(methods, out, title=title, thumbnails=thumbs, audit=audit_report, provenance=prov, note=note)
+    return write_report(methods, out, title=title, thumbnails=thumbs, audit=audit_report, provenance=prov, note=note,
+                        held_in=held_in)
 
 
 def run(args) -> int:
