@@ -101,3 +101,15 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     shot = np.asarray(Image.open(png).convert("RGB"), dtype=float)
     assert shot.shape[:2] == (1600, 1200)
     assert shot.std() > 20  # a rendered page with tables and plots, not a blank or error page
+
+
+def test_balanced_accuracy_does_not_reward_calling_everything_fake():
+    from detector.report import balanced_accuracy
+
+    sets = {"coco": {"real": 10, "fake": 0, "accuracy": 0.0}}
+    sets.update({f"fake{i}": {"real": 0, "fake": 10, "accuracy": 1.0} for i in range(5)})
+    summary = {"sets": sets, "average_accuracy": 5 / 6}
+    assert balanced_accuracy(summary) == 0.5  # the paper-style average says 83 %
+    sets["coco"]["accuracy"] = 0.9
+    sets["fake0"]["accuracy"] = 0.5
+    assert abs(balanced_accuracy(summary) - 0.5 * (0.9 + 0.9)) < 1e-12
