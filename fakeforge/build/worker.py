@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from fakeforge.build.plan import ShardJob, sample_key, sample_seed
 from fakeforge.images import ImageLimits, ImageLoadError, ImagePolicy, encode_mask, load_rgb
+from fakeforge.shards.store import Store
 from fakeforge.shards.writer import ShardSink
 from fakeforge.sources import Record
 from generators.base import Generator, GenRequest, GenResult
@@ -69,14 +71,17 @@ def _sample(req: GenRequest, res: GenResult, policy: ImagePolicy, common: dict) 
     return sample
 
 
-def run_shard(job: ShardJob, generator: Generator, set_dir, policy: ImagePolicy, *, base_seed: int,
-              common_meta: dict, header: dict, max_size_bytes: int, pool: ThreadPoolExecutor,
-              limits: ImageLimits | None = None, on_batch: Callable[[BatchReport], None] | None = None) -> dict:
-    """Make and write every sample of `job`; returns the shard stats (also written as the done-marker).
+def run_shard(job: ShardJob, generator: Generator, store: Store, set_rel: str, policy: ImagePolicy, *,
+              base_seed: int, common_meta: dict, header: dict, max_size_bytes: int, pool: ThreadPoolExecutor,
+              limits: ImageLimits | None = None, on_batch: Callable[[BatchReport], None] | None = None,
+              staging: Path | None = None, plan: dict | None = None) -> dict:
+    """Make and write every sample of `job` into folder `set_rel` of `store`; returns the shard stats (also
+    written as the done-marker, with `plan`). `staging`: the local folder where shards for an object
+    store are made before their upload.
 
     Raises `ShardWriteError` (the shard dropped) when writing fails; anything `on_batch` raises stops
     the shard the same way (nothing of it stays)."""
-    sink = ShardSink(set_dir, job.index, max_size_bytes, header)
+    sink = ShardSink(store, set_rel, job.index, max_size_bytes, header, staging=staging, plan=plan)
     bs = generator.config.batch_size
     batches = [job.records[i:i + bs] for i in range(0, len(job.records), bs)]
     needs_image = generator.needs_source_image
