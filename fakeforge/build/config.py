@@ -247,12 +247,13 @@ def resolve_build_collect(config: str | Path | None = None, overrides: list[str]
 def set_settings(r: ResolvedSet, cfg: BuildConfig, tiny: bool) -> dict:
     """Everything that decides what a set's samples are, and so its hash: the source selection (without
     `limit`: a larger limit extends the same seeded order), the generator's settings, the set's image
-    policy, the shard size in samples, the build seed and the tiny flag. Not in it: the set's name (its
-    folder), batch sizes, `shards.max_size_mb` (it only splits a shard's tar into parts), the failure
-    budget, worker counts."""
+    policy, the shard size in samples and the build seed. Not in it: the set's name (its folder), batch
+    sizes, `shards.max_size_mb` (it only splits a shard's tar into parts), the failure budget, worker
+    counts, and `--tiny` as such (a tiny twin shows as the model, 'tiny-twin:...'; a set without a model
+    is the same set either way)."""
     source = _source_identity(r.source)
     source.pop("limit", None)
-    return {"seed": cfg.seed, "tiny": tiny, "source": source, "generator": _content_settings(r),
+    return {"seed": cfg.seed, "source": source, "generator": _content_settings(r),
             "image": to_dict(r.image if r.image is not None else cfg.image), "max_count": cfg.shards.max_count}
 
 

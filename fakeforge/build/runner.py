@@ -213,6 +213,8 @@ def _prepare_output(resolved, store: Store, plans, out_plan, state, ranks: Ranks
     if not (state.is_main_process or ranks.independent):
         return
     if not ranks.independent:
+        if out_plan.pruned or [n for n in out_plan.swaps if n not in out_plan.rebuild]:
+            store.remove(MANIFEST)
         for name in out_plan.swaps:
             if name not in out_plan.rebuild:
                 identity.swap_in(store, name)
@@ -263,8 +265,9 @@ def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging,
     summary = {"rank": ranks.rank, "shards_total": len(all_jobs), "shards_mine": len(mine),
                "shards_skipped": len(mine) - len(todo), "shards_redone": redone, "written": 0, "failed": 0,
                "seconds": 0.0, "shard_errors": []}
-    if todo:
-        store.remove(MANIFEST)  # the dataset is about to change: no manifest until it is whole
+    if any(out_plan.folders[rset.name] == rset.name for rset, _ in todo):
+        store.remove(MANIFEST)  # the dataset is about to change: no manifest until it is whole (a rebuild
+        # works beside the old set, which stays valid until the swap)
     versions = library_versions()
     start = time.time()
     bar = make_progress(sum(len(j.records) for _, j in todo), ranks.rank, progress, log_every)
@@ -311,6 +314,7 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
             continue
         done = sum(1 for st in _stats_of(store, folder) if st.get("plan") is not None)
         if done == len(jobs):
+            store.remove(MANIFEST)
             record = store.read_json(f"{folder}/{SET_RECORD}") or {}
             store.write_json(f"{folder}/{SET_RECORD}", {**record, "complete": True})
             identity.swap_in(store, rset.name)

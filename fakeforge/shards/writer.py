@@ -247,7 +247,8 @@ class ShardSink:
         self._final = self.set_dir / self._part_name()
         self._tmp = self._final.with_name(self._final.name + ".tmp")
         self._fh = self.open_file(self._tmp, "wb")
-        self._writer = wds.TarWriter(self._fh)
+        # a fixed member mtime makes a shard's bytes depend on its samples only (reproducible builds)
+        self._writer = wds.TarWriter(self._fh, mtime=float(os.environ.get("SOURCE_DATE_EPOCH", 0)))
         self._count = 0
 
     def _close_part(self) -> None:
