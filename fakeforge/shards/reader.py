@@ -29,7 +29,8 @@ def _fsspec_gopen(url, mode="rb", bufsize=8192, **kw):
     """webdataset opener for fsspec URLs: a streaming reader (read-ahead blocks, no full download)."""
     import fsspec
 
-    return fsspec.open(url, mode, block_size=8 << 20, cache_type="readahead").open()
+    fs, path = fsspec.core.url_to_fs(str(url))
+    return fs.open(path, mode, block_size=8 << 20, cache_type="readahead")
 
 
 def _register_webdataset_schemes() -> None:

@@ -80,6 +80,10 @@ class Store:
             self.protocol = "file"
             self.fs = None
         else:
+            import logging
+
+            for noisy in ("aiobotocore", "botocore", "s3fs"):  # "found credentials in ..." lines at INFO
+                logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
             self.fs, root = filesystem_for(text, what)
             self.root = root.rstrip("/")
             self.protocol = protocol
