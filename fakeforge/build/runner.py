@@ -26,7 +26,7 @@ import platform
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,8 +393,39 @@ def _todo(store: Store, out_plan, mine, retry_failed: bool, verify_existing: boo
     return todo, redone
 
 
+def _settle(uploads: list, summary: dict, keep: int) -> None:
+    """Wait for queued shard uploads until at most `keep` are left; a failed one is a dropped shard."""
+    while len(uploads) > keep:
+        name, index, future = uploads.pop(0)
+        try:
+            future.result()
+        except ShardWriteError as exc:
+            shard_write_failed(exc, name, index, summary)
+
+
 def _run_jobs(resolved: ResolvedBuild, store: Store, out_plan, state, ranks: Ranks, todo, summary, versions, bar,
               pool, lock, staging) -> None:
+    """Every shard job of this rank. On object stores a shard's upload overlaps the next shard's generation
+    (one upload at a time); an interruption waits for that upload, so the shard is either done or dropped."""
+    publisher = None if store.local else ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
+    uploads: list = []
+    try:
+        _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging,
+                  publisher, uploads)
+    except BaseException:
+        for _name, _index, future in uploads:
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - the shard was dropped (aborted) by its upload; a rerun redoes it
+                pass
+        raise
+    finally:
+        if publisher is not None:
+            publisher.shutdown(wait=True)
+
+
+def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging, publisher,
+              uploads) -> None:
     active = [rset for rset in resolved.sets if any(s is rset for s, _ in todo)]
     for n, rset in enumerate(active):
         jobs = [job for s, job in todo if s is rset]
@@ -421,16 +452,22 @@ def _run_jobs(resolved: ResolvedBuild, store: Store, out_plan, state, ranks: Ran
         for job in jobs:
             bar.set_postfix_str(f"{rset.name}/{job.index:06d}")
             try:
-                run_shard(job, generator, store, out_plan.folders[rset.name], rset.image,
-                          base_seed=resolved.config.seed, common_meta=common, header=header, pool=pool,
-                          on_batch=on_batch, limits=rset.source.image_limits, staging=staging,
-                          plan=plan_record([sample_key(rset.name, r) for r in job.records]),
-                          max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20))
+                result = run_shard(job, generator, store, out_plan.folders[rset.name], rset.image,
+                                   base_seed=resolved.config.seed, common_meta=common, header=header, pool=pool,
+                                   on_batch=on_batch, limits=rset.source.image_limits, staging=staging,
+                                   plan=plan_record([sample_key(rset.name, r) for r in job.records]),
+                                   max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20),
+                                   publisher=publisher)
             except GeneratorFailure as exc:
                 raise BuildFailed(f"set '{rset.name}': the generator failed (a configuration or code problem, "
                                   f"not one sample's): {exc}") from exc
             except ShardWriteError as exc:
                 shard_write_failed(exc, rset.name, job.index, summary)
+                continue
+            if isinstance(result, Future):
+                _settle(uploads, summary, keep=0)  # at most one upload runs while the next shard is generated
+                uploads.append((rset.name, job.index, result))
+        _settle(uploads, summary, keep=0)
         del generator
         if n + 1 < len(active):  # release the accelerator before the next set's model loads
             _free_memory()
