@@ -1,4 +1,6 @@
-"""One writer per output folder: an exclusive `flock` on `<folder>/.fakeforge.lock`.
+"""One writer per output: an exclusive `flock` on `<folder>/.fakeforge.lock` (`OutputLock`), or on an
+object store a lock object created with a conditional write and kept alive by a heartbeat (`ObjectLock`);
+`output_lock(store, purpose)` picks the right one.
 
 The lock file records who holds it (purpose, PID, host, start time, command line) so a second
 launch can say exactly what is using the folder. The kernel drops a `flock` when its process dies

@@ -5,7 +5,12 @@ when the size limit splits it) and finally `NNNNNN.stats.json`. The stats file i
 and it records each tar's size and sha256. A shard is done only when its marker says so *and*
 every tar it lists is there with the recorded size (`shard_state`); anything else is redone from
 scratch on resume. Redoing a shard removes its marker first, so an interruption at any point
-leaves it either done and whole, or not done.
+leaves it either done and whole, or not done. The marker also records the samples the shard was
+planned for (`plan_record`): a set that grew redoes its partial last shard.
+
+The set folder lives in a `Store`: locally the tar is made in place (temp name, fsync, rename); on
+object stores it is made in a local staging folder, uploaded and its size read back, and the marker
+is written only after that.
 """
 from __future__ import annotations
 
