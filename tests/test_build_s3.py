@@ -216,6 +216,51 @@ def test_small_build_to_s3_resumes_and_verifies(s3env, tmp_path, tiny_dir):
     here = json.loads((tmp_path / "local" / "manifest.json").read_text())
     assert remote["config_hash"] == here["config_hash"] and remote["sets"]["real"]["tars"] == here["sets"]["real"]["tars"]
 
+    import webdataset as wds
+
+    from fakeforge.shards.reader import find_sets, open_shard
+
+    tars = find_sets("s3://small/ds")["real"]
+    assert tars == ["s3://small/ds/real/000000.tar", "s3://small/ds/real/000001.tar"]
+    samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False).to_tuple("__key__", "json"))
+    assert len(samples) == 6 and all(json.loads(meta)["set"] == "real" for _, meta in samples)
+    with open_shard(tars[0]) as fh:
+        assert fh.read() == (tmp_path / "local" / "real" / "000000.tar").read_bytes()
+
+
+def test_an_upload_that_arrives_short_drops_the_shard_and_the_rerun_completes_it(s3env, tmp_path, tiny_dir,
+                                                                                  monkeypatch, capsys):
+    """A real short upload: the store receives the shard's first half (written by s3fs to the real server).
+    The size read back disagrees, so the shard is dropped, not marked done; the rerun completes it."""
+    import s3fs
+
+    s3env.mkdir("short")
+    real_put = s3fs.S3FileSystem._put_file
+    state = {"armed": True}
+
+    async def short_put(self, lpath, rpath, *a, **k):
+        if state["armed"] and rpath.endswith("000001.tar"):
+            state["armed"] = False
+            data = Path(lpath).read_bytes()
+            return await self._pipe_file(rpath, data[: len(data) // 2])
+        return await real_put(self, lpath, rpath, *a, **k)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", short_put)
+    s3fs.S3FileSystem.clear_instance_cache()  # sync methods are bound when an instance is made
+    cfg = write_build_config(tmp_path / "c.yaml", "s3://short/ds", [{"name": "real", "generator": "real"}],
+                             {"kind": "demo", "limit": 12})
+    args = ["build", "--config", str(cfg), "--tiny", "--tiny-dir", tiny_dir, "--no-progress"]
+    assert cli_main(args) == 1
+    err = capsys.readouterr().err
+    assert "shard real/000001 was not written: [Errno 5] uploaded 's3://short/ds/real/000001.tar' has " in err, err
+    s3env.invalidate_cache()
+    assert not s3env.exists("short/ds/real/000001.stats.json") and not s3env.exists("short/ds/real/000001.tar")
+    assert s3env.exists("short/ds/real/000002.stats.json"), "the other shards go on"
+    assert cli_main(args) == 0
+    from fakeforge.shards.verify import verify_dataset
+
+    assert verify_dataset("s3://short/ds")["samples"] == 12
+
 
 def test_a_stale_lock_object_is_taken_over_by_exactly_one_of_two(s3env):
     """Two launches find the same stale lock at once: the conditional overwrite (If-Match on the ETag they
@@ -226,6 +271,26 @@ def test_a_stale_lock_object_is_taken_over_by_exactly_one_of_two(s3env):
     from fakeforge.shards.store import Store
 
     s3env.mkdir("locks")
+    fresh = Store("s3://locks/fresh")
+    results, barrier = [], threading.Barrier(2)
+
+    def create():
+        lock = ObjectLock(fresh, "build")
+        barrier.wait()
+        try:
+            lock.acquire()
+            results.append(("won", lock))
+        except FolderLockedError as exc:
+            results.append(("refused", str(exc)))
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(r[0] for r in results) == ["refused", "won"], "a conditional create: one of two wins"
+    next(r[1] for r in results if r[0] == "won").release()
+
     store = Store("s3://locks/out")
     s3env.pipe_file("locks/out/.fakeforge.lock", json.dumps({"pid": 1, "host": "gone", "purpose": "build"}).encode())
     time.sleep(2.5)

@@ -312,8 +312,9 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
         folder = out_plan.folders[rset.name]
         if folder == rset.name:
             continue
-        done = sum(1 for st in _stats_of(store, folder) if st.get("plan") is not None)
-        if done == len(jobs):
+        remaining, _ = _todo(store, out_plan, [(rset, job) for job in jobs], False, False)
+        done = len(jobs) - len(remaining)
+        if not remaining:
             store.remove(MANIFEST)
             record = store.read_json(f"{folder}/{SET_RECORD}") or {}
             store.write_json(f"{folder}/{SET_RECORD}", {**record, "complete": True})
@@ -349,13 +350,6 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
     return failures
 
 
-def _stats_of(store: Store, folder: str) -> list[dict]:
-    from fakeforge.shards.manifest import collect_stats
-
-    return collect_stats(store, folder)
-
-
-
 def set_label(rset: ResolvedSet) -> str:
     """A set's label: the generator's, except for pass-through generators of downloaded sets, whose
     label is the source's (`download` generator + `source.label`)."""
@@ -364,20 +358,22 @@ def set_label(rset: ResolvedSet) -> str:
     return rset.generator_cls.label
 
 
-def _todo(store: Store, out_plan, mine, retry_failed: bool, verify_existing: bool):
+def _todo(store: Store, out_plan, jobs, retry_failed: bool, verify_existing: bool):
     """The jobs to (re)do; logs each finished shard that is redone because it is no longer whole or was
-    planned with other samples (a set that grew)."""
+    planned with other samples (a set that grew). One listing per set folder; only the done-markers of
+    `jobs` are read (concurrently on object stores)."""
     listings: dict[str, dict] = {}
-    markers: dict[str, dict] = {}
-    todo, redone = [], 0
-    for rset, job in mine:
+    for rset, _job in jobs:
         folder = out_plan.folders[rset.name]
         if folder not in listings:
             listings[folder] = list_shard_files(store, folder)
-            names = [f"{folder}/{n}" for files in listings[folder].values() for n in files
-                     if n.endswith(STATS_SUFFIX)]
-            markers[folder] = store.read_many(names)
-        raw = markers[folder].get(f"{folder}/{job.index:06d}{STATS_SUFFIX}")
+    wanted = [f"{out_plan.folders[rset.name]}/{job.index:06d}{STATS_SUFFIX}" for rset, job in jobs
+              if f"{job.index:06d}{STATS_SUFFIX}" in listings[out_plan.folders[rset.name]].get(f"{job.index:06d}", {})]
+    markers = store.read_many(wanted)
+    todo, redone = [], 0
+    for rset, job in jobs:
+        folder = out_plan.folders[rset.name]
+        raw = markers.get(f"{folder}/{job.index:06d}{STATS_SUFFIX}")
         try:
             stats = json.loads(raw) if raw is not None else None
         except (ValueError, UnicodeDecodeError):
