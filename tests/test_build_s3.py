@@ -82,8 +82,8 @@ def test_bad_urls_buckets_and_credentials_are_one_line_before_any_work(s3env, tm
     cfg = write_build_config(tmp_path / "c.yaml", tmp_path / "unused", [{"name": "real", "generator": "real"}],
                              {"kind": "demo", "limit": 2})
     cases = [("foo://bucket/x", "output 'foo://bucket/x': unknown URL protocol 'foo://'"),
-             ("gs://bucket/x", "output 'gs://bucket/x': protocol 'gs://' needs the package 'gcsfs' "
-                               "(pip install gcsfs)"),
+             ("gs://bucket/x", ("output 'gs://bucket/x': protocol 'gs://' needs the package 'gcsfs' "
+                                "(pip install gcsfs)")),
              ("s3://no-such-bucket/x", "output 's3://no-such-bucket/x': bucket 'no-such-bucket' does not exist")]
     for url, message in cases:
         if url.startswith("gs:") and _installed("gcsfs"):
@@ -100,9 +100,9 @@ def test_bad_urls_buckets_and_credentials_are_one_line_before_any_work(s3env, tm
     s3fs.S3FileSystem.clear_instance_cache()
     assert cli_main(["build", "--config", str(cfg), "--output", "s3://present/x", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["fakeforge build: error: output 's3://present/x': no credentials for s3:// (NoCredentialsError); "
-                   "set them the usual way (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
-                   "~/.aws/credentials)"], err
+    assert err == [("fakeforge build: error: output 's3://present/x': no credentials for s3:// (NoCredentialsError); "
+                    "set them the usual way (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
+                    "~/.aws/credentials)")], err
     assert not (tmp_path / "unused").exists()
 
 

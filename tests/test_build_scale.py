@@ -281,3 +281,12 @@ def test_job_array_ranks_then_one_plain_run_writes_the_manifest(tmp_path, tiny_d
     for bad, message in ((["--rank", "3", "--world-size", "3"], "--rank 3 --world-size 3: need 0 <= rank < "),
                          (["--rank", "1"], "--rank and --world-size go together")):
         assert cli_main(["build", "--config", str(cfg), "--no-progress", *bad]) == 2
+
+
+def test_a_file_url_output_is_the_local_folder(tmp_path, tiny_dir):
+    cfg = write_build_config(tmp_path / "c.yaml", f"file://{tmp_path}/out", [REAL], {"kind": "demo", "limit": 2})
+    resolved = resolve_build(str(cfg), tiny=True, tiny_root=tiny_dir)
+    assert resolved.output == tmp_path / "out"
+    build(resolved, progress=False)
+    assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "file:").exists()
+    assert verify_dataset(f"file://{tmp_path}/out")["samples"] == 2

@@ -130,9 +130,9 @@ class ResolvedBuild:
     @property
     def output(self) -> Path | str:
         """The output folder (a Path) or object-store URL (a str)."""
-        from fakeforge.shards.store import is_url
+        from fakeforge.shards.store import Store, is_url
 
-        return self.config.output if is_url(self.config.output) else Path(self.config.output)
+        return self.config.output if is_url(self.config.output) else Store(self.config.output).root
 
 
 #: what a set whose source is of another kind keeps from the common source: the selection policy, not its files

@@ -412,8 +412,8 @@ def _run_jobs(resolved: ResolvedBuild, store: Store, out_plan, state, ranks: Ran
         for _name, _index, future in uploads:
             try:
                 future.result()
-            except Exception:  # noqa: BLE001 - the shard was dropped (aborted) by its upload; a rerun redoes it
-                pass
+            except Exception as exc:  # noqa: BLE001 - the upload dropped (aborted) its shard; a rerun redoes it
+                log.warning("shard %s/%06d was dropped: %s", _name, _index, exc)
         raise
     finally:
         if publisher is not None:

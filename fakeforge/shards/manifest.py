@@ -27,7 +27,7 @@ def collect_stats(out_dir: str | Path | Store, set_name: str) -> list[dict]:
     store = as_store(out_dir)
     names = sorted(n for n in store.listdir(set_name) if n.endswith(STATS_SUFFIX) and n[:6].isdigit())
     stats = []
-    for rel, data in store.read_many([f"{set_name}/{n}" for n in names]).items():
+    for data in store.read_many([f"{set_name}/{n}" for n in names]).values():
         try:
             value = json.loads(data) if data is not None else None
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -253,7 +253,7 @@ class ShardSink:
         self._tmp = self._final.with_name(self._final.name + ".tmp")
         self._fh = self.open_file(self._tmp, "wb")
         # a fixed member mtime makes a shard's bytes depend on its samples only (reproducible builds)
-        self._writer = wds.TarWriter(self._fh, mtime=float(os.environ.get("SOURCE_DATE_EPOCH", 0)))
+        self._writer = wds.TarWriter(self._fh, mtime=float(os.environ.get("SOURCE_DATE_EPOCH", "0")))
         self._count = 0
 
     def _close_part(self) -> None:
