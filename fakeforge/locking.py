@@ -173,8 +173,7 @@ class ObjectLock:
             return {}
 
     def _stat(self):
-        self.store.fs.invalidate_cache(self.path)
-        info = self.store.fs.info(self.path)
+        info = self.store.fresh("info", self.path)
         modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
         if isinstance(modified, str):
             modified = datetime.datetime.fromisoformat(modified.replace("Z", "+00:00"))

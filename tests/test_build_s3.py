@@ -318,3 +318,20 @@ def test_a_stale_lock_object_is_taken_over_by_exactly_one_of_two(s3env):
     winner.check()
     winner.release()
     assert not s3env.exists("locks/out/.fakeforge.lock")
+
+
+def test_many_small_shards_upload_while_the_next_is_listed(s3env, tmp_path, tiny_dir):
+    """Uploads run in their own thread while the main thread lists the set folder for the next shard: a
+    listing cached by one thread must never hide the other's upload (each shard's size check reads the
+    object itself)."""
+    from fakeforge.build.config import resolve_build
+    from fakeforge.build.runner import build
+    from fakeforge.shards.verify import verify_dataset
+
+    s3env.mkdir("many")
+    sets = [{"name": "sd2", "generator": {"preset": "sd2", "batch_size": 1, "num_inference_steps": 2}}]
+    cfg = write_build_config(tmp_path / "c.yaml", "s3://many/ds", sets, {"kind": "demo", "limit": 24},
+                             shards={"max_count": 1, "max_size_mb": 64})
+    summary = build(resolve_build(str(cfg), tiny=True, tiny_root=tiny_dir), progress=False)
+    assert summary["written"] == 24 and not summary["shard_errors"]
+    assert verify_dataset("s3://many/ds")["samples"] == 24

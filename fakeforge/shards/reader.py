@@ -152,7 +152,7 @@ def shard_fingerprint(tar: Shard) -> str:
     """Location, size and version (mtime, or the object's ETag) of a shard: changes when the shard does."""
     if is_url(tar):
         store = _url_store(str(tar))
-        info = store.fs.info(store.root)
+        info = store.fresh("info", store.root)
         version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
         return f"{tar}|{info.get('size')}|{version}"
     st = Path(tar).stat()

@@ -110,6 +110,15 @@ class Store:
         return redact_url(str(self.url(rel)))
 
     # -- reading --------------------------------------------------------------------------------------
+    def fresh(self, method: str, path: str, **kw):
+        """`fs.ls` / `fs.info` from the store itself, never from fsspec's listing cache: the build lists
+        and uploads in different threads, and a listing cached by one must not hide another's upload."""
+        try:
+            return getattr(self.fs, method)(path, refresh=True, **kw)
+        except TypeError:  # a backend without the `refresh` argument
+            self.fs.invalidate_cache(path)
+            return getattr(self.fs, method)(path, **kw)
+
     def exists(self, rel: str = "") -> bool:
         return Path(self.path(rel)).exists() if self.local else self.fs.exists(self.path(rel))
 
@@ -162,8 +171,7 @@ class Store:
                 pass
             return out
         try:
-            self.fs.invalidate_cache(self.path(rel))
-            entries = self.fs.ls(self.path(rel), detail=True)
+            entries = self.fresh("ls", self.path(rel), detail=True)
         except FileNotFoundError:
             return {}
         return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
@@ -175,8 +183,7 @@ class Store:
             p = Path(self.path(rel))
             return sorted(d.name for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
         try:
-            self.fs.invalidate_cache(self.path(rel))
-            entries = self.fs.ls(self.path(rel), detail=True)
+            entries = self.fresh("ls", self.path(rel), detail=True)
         except FileNotFoundError:
             return []
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
@@ -218,8 +225,7 @@ class Store:
             os.replace(local_file, self.path(rel))
             return size
         self.fs.put_file(str(local_file), self.path(rel))
-        self.fs.invalidate_cache(self.path(rel))
-        remote = self.fs.info(self.path(rel)).get("size")
+        remote = self.fresh("info", self.path(rel)).get("size")
         if remote != size:
             raise OSError(errno.EIO, f"uploaded '{self.show(rel)}' has {remote} bytes, the local file {size}")
         Path(local_file).unlink(missing_ok=True)
