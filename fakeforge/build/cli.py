@@ -60,6 +60,8 @@ def run_build(args: argparse.Namespace) -> int:
     from fakeforge.build.config import resolve_build
     from fakeforge.build.runner import BuildFailed, Terminated, build, install_sigterm_handler
 
+    if not args.log_every > 0:
+        raise ConfigError(f"--log-every {args.log_every} must be a positive number of seconds")
     install_sigterm_handler()
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir)

@@ -85,7 +85,7 @@ def plan_output(store: Store, resolved: ResolvedBuild, rebuild: list[str] | None
     if unknown:
         raise ConfigError(f"--rebuild-set {unknown[0]!r}: no set of that name in this config; its sets: {names}")
     plan = OutputPlan(rebuild=set(rebuild))
-    on_disk = [d for d in store.subdirs() if not d.startswith((".", "_"))]
+    on_disk = [d for d in store.subdirs() if not d.startswith(".")]
     pending = {d[len(REBUILD_PREFIX):] for d in store.subdirs() if d.startswith(REBUILD_PREFIX)}
     problems = []
     by_lower = {n.lower(): n for n in names}

@@ -239,12 +239,7 @@ def _prepare_output(resolved, store: Store, plans, out_plan, state, ranks: Ranks
     text = yaml.safe_dump({**raw, "config_hash": resolved.hash, "tiny": resolved.tiny,
                            "set_hashes": {r.name: r.set_hash for r, _ in plans}}, sort_keys=False)
     if store.read_bytes(RESOLVED_CONFIG) != text.encode():
-        if store.local:
-            from fakeforge.config import dump_yaml
-
-            dump_yaml(yaml.safe_load(text), store.root / RESOLVED_CONFIG)
-        else:
-            store.fs.pipe_file(store.path(RESOLVED_CONFIG), text.encode())
+        store.write_bytes(RESOLVED_CONFIG, text.encode())
 
 
 def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging, progress, retry_failed,

@@ -217,6 +217,24 @@ class Store:
         else:
             self.fs.pipe_file(self.path(rel), json.dumps(data, indent=1).encode())
 
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Replace `rel` with `data` as a whole (local: a temp name unique to this process, fsync, rename)."""
+        if not self.local:
+            self.fs.pipe_file(self.path(rel), data)
+            return
+        path = Path(self.path(rel))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def upload(self, local_file: Path, rel: str) -> int:
         """Move a finished local file to `rel` and return its size. Local: an atomic rename in the same
         folder. Object stores: upload, then read the size back; a mismatch is an EIO OSError."""
