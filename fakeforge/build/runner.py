@@ -27,8 +27,6 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -39,9 +37,8 @@ from fakeforge.build.config import ResolvedBuild, ResolvedSet
 from fakeforge.build.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
 from fakeforge.build.plan import ShardJob, check_unique_keys, plan_shards, sample_key
 from fakeforge.build.progress import make_progress
+from fakeforge.build.ranks import Ranks, build_lock, process_state, resolve_ranks
 from fakeforge.build.worker import BatchReport, run_shard
-from fakeforge.config import ConfigError
-from fakeforge.locking import LOCK_FILE, FolderLockedError, output_lock
 from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
 from fakeforge.shards.store import Store, redact_url
 from fakeforge.shards.writer import STATS_SUFFIX, ShardWriteError, list_shard_files, plan_record, shard_state
@@ -82,16 +79,6 @@ def library_versions() -> dict:
     return out
 
 
-@dataclass
-class Ranks:
-    """Which shard jobs this process takes: job i goes to rank i mod world. `independent`: ranks given
-    with --rank/--world-size (separate jobs, no collective calls between them)."""
-
-    rank: int
-    world: int
-    independent: bool = False
-
-
 def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
                ) -> list[tuple[ResolvedSet, list[ShardJob]]]:
     """Read sources and cut shard jobs for every set; checks keys are unique and source images exist.
@@ -106,64 +93,6 @@ def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
             check_images_exist(records, f"set '{rset.name}'")
         plans.append((rset, plan_shards(rset.name, records, resolved.config.shards.max_count)))
     return plans
-
-
-def process_state():
-    """accelerate's PartialState; on a machine without CUDA, several launched processes use gloo on CPU."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def _broadcast_from_main(state, value):
-    """`value` as rank 0 has it, on every rank (a no-op with one process)."""
-    import torch.distributed as dist
-
-    if state.num_processes == 1 or not dist.is_available() or not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextmanager
-def build_lock(store: Store, state, ranks: Ranks):
-    """One build job per output: rank 0 takes the lock and tells every rank whether it got it, so every
-    rank of a second job exits with the holder named. Independent ranks (--rank) each lock their slot."""
-    name = LOCK_FILE if not ranks.independent else f".fakeforge.rank-{ranks.rank}-of-{ranks.world}.lock"
-    lock = output_lock(store, "build" if not ranks.independent else f"build rank {ranks.rank}/{ranks.world}", name)
-    error = None
-    if state.is_main_process:
-        try:
-            lock.acquire()
-        except FolderLockedError as exc:
-            error = str(exc)
-        except OSError as exc:
-            error = f"output '{store}' cannot be created or locked: {exc.strerror or exc}"
-    error = _broadcast_from_main(state, error)
-    if error:
-        raise FolderLockedError(error)
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-def resolve_ranks(state, rank: int | None, world_size: int | None) -> Ranks:
-    """This process's rank: from the launcher (accelerate/torchrun), or from --rank/--world-size."""
-    if rank is None and world_size is None:
-        return Ranks(state.process_index, state.num_processes)
-    if rank is None or world_size is None:
-        raise ConfigError("--rank and --world-size go together (e.g. --rank $SLURM_ARRAY_TASK_ID --world-size "
-                          "$SLURM_ARRAY_TASK_COUNT)")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"--rank {rank} --world-size {world_size}: need 0 <= rank < world-size")
-    if state.num_processes > 1:
-        raise ConfigError(f"--rank {rank} --world-size {world_size} are for independent processes (a job array); "
-                          f"this one was launched with {state.num_processes} processes by accelerate/torchrun, "
-                          "which sets the ranks itself")
-    return Ranks(rank, world_size, independent=True)
 
 
 def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = False,
