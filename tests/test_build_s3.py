@@ -335,3 +335,43 @@ def test_many_small_shards_upload_while_the_next_is_listed(s3env, tmp_path, tiny
     summary = build(resolve_build(str(cfg), tiny=True, tiny_root=tiny_dir), progress=False)
     assert summary["written"] == 24 and not summary["shard_errors"]
     assert verify_dataset("s3://many/ds")["samples"] == 24
+
+
+def test_retry_failed_and_verify_existing_work_on_s3_as_on_disk(s3env, tmp_path, tiny_dir, caplog):
+    """A failed sample (a broken source image) is fixed, then `--retry-failed` redoes only its shard; a
+    flipped byte in an object is missed by the size check and found by `--verify-existing`."""
+    from builder_helpers import write_coco
+    from PIL import Image
+
+    from fakeforge.build.config import resolve_build
+    from fakeforge.build.runner import build
+    from fakeforge.shards.verify import VerifyError, verify_dataset
+
+    s3env.mkdir("retry")
+    captions, images = write_coco(tmp_path / "coco", n=8, captions=1)
+    broken = sorted(images.glob("*.jpg"))[3]
+    broken.write_bytes(b"not an image")
+    src = {"kind": "coco", "captions_file": str(captions), "images_dir": str(images)}
+    cfg = write_build_config(tmp_path / "c.yaml", "s3://retry/ds", [{"name": "real", "generator": "real"}], src,
+                             max_failed_fraction=0.5)
+
+    def run(**kw):
+        return build(resolve_build(str(cfg), tiny=True, tiny_root=tiny_dir), progress=False, **kw)
+
+    assert run()["failed"] == 1
+    Image.new("RGB", (40, 32), (9, 9, 9)).save(broken)
+    assert run()["written"] == 0, "a plain rerun keeps finished shards"
+    retried = run(retry_failed=True)
+    assert retried["written"] == 4 and retried["shards_skipped"] == 1 and retried["failed"] == 0
+    assert verify_dataset("s3://retry/ds")["samples"] == 8
+
+    victim = "retry/ds/real/000000.tar"
+    good = s3env.cat_file(victim)
+    middle = len(good) // 2
+    s3env.pipe_file(victim, good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1:])
+    assert run()["written"] == 0, "sizes match: a plain rerun skips it"
+    with pytest.raises(VerifyError, match="000000.tar' sha256 does not match the manifest"):
+        verify_dataset("s3://retry/ds")
+    checked = run(verify_existing=True)
+    assert checked["shards_redone"] == 1 and "000000.tar does not match its recorded sha256" in caplog.text
+    assert verify_dataset("s3://retry/ds")["samples"] == 8

@@ -290,3 +290,21 @@ def test_a_file_url_output_is_the_local_folder(tmp_path, tiny_dir):
     build(resolved, progress=False)
     assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "file:").exists()
     assert verify_dataset(f"file://{tmp_path}/out")["samples"] == 2
+
+
+def test_a_swap_cut_short_is_finished_by_the_next_run(tmp_path, tiny_dir):
+    """The state a crash leaves halfway through swapping a finished rebuild in (old set deleted, rebuild
+    not yet moved): the next run, with or without --rebuild-set, finishes the swap before anything else."""
+    import shutil
+
+    cfg = write_build_config(tmp_path / "c.yaml", tmp_path / "out", [REAL], {"kind": "demo", "limit": 4})
+    _build(cfg, tiny_dir)
+    clean = _members(tmp_path / "out")
+    staged = tmp_path / "out" / ".rebuild-real"
+    shutil.copytree(tmp_path / "out" / "real", staged)
+    record = json.loads((staged / "_set.json").read_text())
+    (staged / "_set.json").write_text(json.dumps({**record, "complete": True}))
+    shutil.rmtree(tmp_path / "out" / "real")
+    assert _build(cfg, tiny_dir)["written"] == 0
+    assert not staged.exists() and "complete" not in json.loads((tmp_path / "out" / "real" / "_set.json").read_text())
+    assert _members(tmp_path / "out") == clean and verify_dataset(tmp_path / "out")["samples"] == 4
