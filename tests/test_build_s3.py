@@ -226,6 +226,8 @@ def test_small_build_to_s3_resumes_and_verifies(s3env, tmp_path, tiny_dir):
     assert len(samples) == 6 and all(json.loads(meta)["set"] == "real" for _, meta in samples)
     with open_shard(tars[0]) as fh:
         assert fh.read() == (tmp_path / "local" / "real" / "000000.tar").read_bytes()
+    for path in s3env.find("small"):                  # the credentials are in no object
+        assert SECRET.encode() not in s3env.cat_file(path), path
 
 
 def test_an_upload_that_arrives_short_drops_the_shard_and_the_rerun_completes_it(s3env, tmp_path, tiny_dir,
