@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
+    from fakeforge.shards.store import Store
     from fakeforge.shards.writer import list_shard_files, shard_state
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,9 +60,11 @@ def main() -> None:
         tars = sorted(set_dir.glob("*.tar"))
         total_mb = sum(t.stat().st_size for t in tars) / 2**20
 
+        store = Store(set_dir.parent)
+
         def resume():
-            listing = list_shard_files(set_dir)
-            assert all(shard_state(set_dir, i, existing=listing)[0] for i in range(args.shards))
+            listing = list_shard_files(store, "bench")
+            assert all(shard_state(store, "bench", i, existing=listing)[0] for i in range(args.shards))
 
         markers = sorted(set_dir.glob("*.stats.json"))
 
@@ -72,8 +75,9 @@ def main() -> None:
                 os.stat(t)
 
         def verify_existing():
-            listing = list_shard_files(set_dir)
-            assert all(shard_state(set_dir, i, existing=listing, check_hash=True)[0] for i in range(args.shards))
+            listing = list_shard_files(store, "bench")
+            assert all(shard_state(store, "bench", i, existing=listing, check_hash=True)[0]
+                       for i in range(args.shards))
 
         def sha256():
             for t in tars:

@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from fakeforge.config import ConfigError
 from fakeforge.images import ImageLoadError, find_images, load_rgb
-from fakeforge.shards.reader import find_sets, sample_image_bytes
+from fakeforge.shards.reader import find_sets, open_shard, sample_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def count_shards(tars: list[Path], val_fraction: float = 0.0) -> dict:
     summary = {"train": Counter(), "val": Counter(), "generators": Counter(), "bad": 0, "shards": len(tars)}
     for tar in tars:
         try:
-            with tarfile.open(tar) as tf:
+            with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:  # local file or URL, streamed
                 for member in tf:
                     m = _WDS_KEY.match(member.name)
                     if not member.isfile() or not m or m.group(2) != "json":

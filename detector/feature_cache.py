@@ -29,6 +29,7 @@ from detector.base import FeatureDetector
 from detector.data import SetSpec, decode_sample, in_val_split, iter_set_images, iter_shard_samples
 from fakeforge.config import ConfigError
 from fakeforge.images import ImageLoadError
+from fakeforge.shards.reader import shard_fingerprint
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -96,8 +97,7 @@ def set_fingerprint(spec: SetSpec) -> str:
     else:
         files = sorted(spec.paths)
     for path in files:
-        st = Path(path).stat()
-        digest.update(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        digest.update(f"{shard_fingerprint(path)}\n".encode())  # local: path|size|mtime; URLs: url|size|ETag
     return digest.hexdigest()
 
 

@@ -42,6 +42,7 @@ from detector.train_config import (
 )
 from fakeforge.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from fakeforge.locking import FolderLockedError, OutputLock
+from fakeforge.shards.reader import shard_id
 
 log = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
@@ -156,8 +157,8 @@ class Trainer:
             raise ConfigError(f"data.train: {folders} are image folders; training reads shard sets only")
         self.train_sets = {s.name: s.paths for s in specs}
         val_specs = parse_set_specs(d.val) if d.val else []
-        shared = sorted({str(p.resolve()) for s in specs for p in s.paths} &
-                        {str(p.resolve()) for s in val_specs for p in s.paths})
+        shared = sorted({shard_id(p) for s in specs for p in s.paths} &
+                        {shard_id(p) for s in val_specs for p in s.paths})
         if shared:
             raise ConfigError(f"data.val shares {len(shared)} shard(s) with data.train (e.g. '{shared[0]}'); "
                               "validation samples must not be trained on")

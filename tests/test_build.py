@@ -67,7 +67,8 @@ def test_build_is_deterministic_verified_and_readable(tmp_path, tiny_dir):
     image, meta = samples[0]
     assert image.size == (64, 64) and meta["label"] == "fake" and meta["set"] == "sd2"
     assert meta["model_id"].startswith("tiny-twin:sd2 (of stabilityai/stable-diffusion-2-1")
-    assert {"seed", "caption", "source_image_id", "settings", "versions", "config_hash", "image"} <= set(meta)
+    assert {"seed", "caption", "source_image_id", "settings", "versions", "set_hash", "image"} <= set(meta)
+    assert meta["set_hash"] == manifest["sets"]["sd2"]["set_hash"]
     listing = subprocess.run(["tar", "tf", tars[0]], capture_output=True, text=True, check=True).stdout.split()
     assert len(listing) == 8 and all(n.startswith("sd2-") for n in listing)
 
@@ -77,7 +78,8 @@ def test_rerun_skips_done_shards_and_refuses_other_config(tmp_path, tiny_dir):
     _build(cfg, tiny_dir)
     again = _build(cfg, tiny_dir)
     assert again["shards_skipped"] == again["shards_mine"] == 4 and again["written"] == 0
-    with pytest.raises(ConfigError, match="holds shards of a different config"):
+    with pytest.raises(ConfigError, match=r"set 'real' in '.*' was built with other settings .*changed: seed: 0 -> 7"
+                                          r".*--rebuild-set real"):
         _build(cfg, tiny_dir, overrides=["seed=7"])
 
 

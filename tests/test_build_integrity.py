@@ -145,7 +145,7 @@ def test_write_error_drops_the_shard_and_the_rerun_completes_it(tmp_path, tiny_d
     assert "shard real/000001 was not written: [Errno 5] Input/output error (injected)" in err
     set_dir = tmp_path / "out" / "real"
     assert sorted(p.name for p in set_dir.iterdir()) == [
-        "000000.stats.json", "000000.tar", "000002.stats.json", "000002.tar"], "other shards go on"
+        "000000.stats.json", "000000.tar", "000002.stats.json", "000002.tar", "_set.json"], "other shards go on"
     assert not (tmp_path / "out" / "manifest.json").exists() or \
         json.loads((tmp_path / "out" / "manifest.json").read_text())["sets"]["real"]["shard_jobs_done"] == 2
     assert cli_main(["verify", str(tmp_path / "out")]) == 1

@@ -15,7 +15,10 @@ BUILD_EPILOG = """examples:
   fakeforge build --config antifakeprompt_test --tiny --demo-data   # dry-run a paper recipe anywhere
   fakeforge build --config configs/build/my.yaml --set sets.1.generator.num_inference_steps=30
   accelerate launch build_dataset.py --config antifakeprompt_test   # one process per GPU
-Rerun the same command to resume: finished shards are skipped, broken ones redone.
+  fakeforge build --config C --output s3://bucket/prefix       # any fsspec URL (credentials: the usual ones)
+  fakeforge build --config C --rank $SLURM_ARRAY_TASK_ID --world-size 8   # one job-array task, then once plain
+Rerun the same command to resume: finished shards are skipped, broken ones redone. Add a set to the
+config (or raise a limit) and rerun: only the new work is done.
 Exit codes: 0 complete, 1 build failed (see the summary), 2 bad configuration or folder in use,
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM)."""
 
@@ -23,7 +26,8 @@ Exit codes: 0 complete, 1 build failed (see the summary), 2 bad configuration or
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="build config: a YAML path or a name under configs/build/ (default: 'default')")
-    parser.add_argument("--output", default=None, help="output folder (overrides the config's 'output')")
+    parser.add_argument("--output", default=None,
+                        help="output folder or fsspec URL, e.g. s3://bucket/prefix (overrides the config's 'output')")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N source images of each set")
     parser.add_argument("--tiny", action="store_true", help="swap every model id for its tiny random-weight twin")
     parser.add_argument("--tiny-dir", default=None, help="where tiny twins live (default $FAKEFORGE_TINY_DIR "
@@ -37,7 +41,19 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo-data", action="store_true",
                         help="replace every source with the built-in sample photos (8 a set; output gets a _demo "
                              "suffix): with --tiny, any build config dry-runs offline in minutes")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--rebuild-set", dest="rebuild_sets", action="append", default=[], metavar="NAME",
+                        help="rebuild this set although its settings changed (built beside the old one and "
+                             "swapped in when complete; repeatable)")
+    parser.add_argument("--prune", action="store_true",
+                        help="delete sets on disk that this config no longer names (default: keep them, with a "
+                             "warning, in the manifest)")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="this process's slot among --world-size independent processes (job arrays; "
+                             "accelerate/torchrun set ranks themselves)")
+    parser.add_argument("--world-size", type=int, default=None, help="number of independent processes (see --rank)")
+    parser.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                        help="when stderr is not a terminal: one progress line per rank every SECONDS (default 30)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     parser.epilog = BUILD_EPILOG
 
 
@@ -47,12 +63,15 @@ def run_build(args: argparse.Namespace) -> int:
     from fakeforge.build.config import resolve_build
     from fakeforge.build.runner import BuildFailed, Terminated, build, install_sigterm_handler
 
+    if not args.log_every > 0:
+        raise ConfigError(f"--log-every {args.log_every} must be a positive number of seconds")
     install_sigterm_handler()
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir, demo_data=args.demo_data)
     try:
         summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed,
-                        verify_existing=args.verify_existing)
+                        verify_existing=args.verify_existing, rebuild_sets=args.rebuild_sets, prune=args.prune,
+                        rank=args.rank, world_size=args.world_size, log_every=args.log_every)
     except BuildFailed as exc:
         for line in str(exc).splitlines():
             print(f"fakeforge build: error: {line}", file=sys.stderr)
@@ -66,7 +85,7 @@ def run_build(args: argparse.Namespace) -> int:
             raise
         import shutil
 
-        where = Path(exc.filename or resolved.output)
+        where = Path(exc.filename or str(resolved.output))
         try:
             free = f"{shutil.disk_usage(where if where.is_dir() else where.parent).free / 2**20:.1f} MiB free"
         except OSError:
@@ -75,8 +94,10 @@ def run_build(args: argparse.Namespace) -> int:
               "command to resume", file=sys.stderr)
         return 1
     if summary.get("manifest") is not None:
-        print(f"wrote {resolved.output} ({sum(v['count'] for v in summary['manifest'].values())} samples); "
-              f"check it with: fakeforge verify {resolved.output}")
+        from fakeforge.shards.store import redact_url
+
+        print(f"wrote {redact_url(resolved.output)} ({sum(v['count'] for v in summary['manifest'].values())} samples); "
+              f"check it with: fakeforge verify {redact_url(resolved.output)}")
     return 0
 
 

@@ -93,6 +93,12 @@ class BuildConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"set names must be unique; repeated: {dup}")
+        folded: dict[str, str] = {}
+        for n in names:
+            if n.lower() in folded and folded[n.lower()] != n:
+                raise ValueError(f"sets '{folded[n.lower()]}' and '{n}' would claim the same folder on "
+                                 "case-insensitive filesystems and stores; rename one of them")
+            folded.setdefault(n.lower(), n)
 
 
 @dataclass
@@ -107,6 +113,8 @@ class ResolvedSet:
     generator_raw: dict
     model_label: str | None
     image: ImagePolicy | None = None  # this set's image policy (the build's, unless its generator overrides it)
+    settings: dict = field(default_factory=dict)  # what the set's hash covers (see set_settings)
+    set_hash: str = ""
 
 
 @dataclass
@@ -120,8 +128,11 @@ class ResolvedBuild:
     skipped: list[str] = field(default_factory=list)  # optional sets whose data is absent
 
     @property
-    def output(self) -> Path:
-        return Path(self.config.output)
+    def output(self) -> Path | str:
+        """The output folder (a Path) or object-store URL (a str)."""
+        from fakeforge.shards.store import Store, is_url
+
+        return self.config.output if is_url(self.config.output) else Store(self.config.output).root
 
 
 #: what a set whose source is of another kind keeps from the common source: the selection policy, not its files
@@ -226,14 +237,30 @@ def resolve_build_collect(config: str | Path | None = None, overrides: list[str]
         if missing:
             log.warning("set '%s' skipped (optional): %s not found", s.name, missing)
             skipped.append(s.name)
-    # skipped sets stay in the hash, so the folder can be resumed once their data is there
-    content = {"seed": cfg.seed, "image": to_dict(cfg.image), "max_count": cfg.shards.max_count, "tiny": tiny,
-               "sets": [{"name": r.name, "source": _source_identity(r.source), "generator": _content_settings(r),
-                         **({"image": to_dict(r.image)} if r.image != cfg.image else {})} for r in resolved]}
+    for r in resolved:
+        r.settings = set_settings(r, cfg, tiny)
+        r.set_hash = config_hash(r.settings)
     built = [r for r in resolved if r.name not in skipped]
     if resolved and not built:
         problems.append(f"every set of this build was skipped: the data of the optional sets {skipped} is absent")
-    return ResolvedBuild(cfg, built, tiny, config_hash(content), raw, tiny_root, skipped), problems
+    from fakeforge.shards.manifest import dataset_hash
+
+    # skipped sets stay in the hash, so the folder can be resumed once their data is there
+    whole = dataset_hash({r.name: {"set_hash": r.set_hash, "limit": r.source.limit} for r in resolved})
+    return ResolvedBuild(cfg, built, tiny, whole, raw, tiny_root, skipped), problems
+
+
+def set_settings(r: ResolvedSet, cfg: BuildConfig, tiny: bool) -> dict:
+    """Everything that decides what a set's samples are, and so its hash: the source selection (without
+    `limit`: a larger limit extends the same seeded order), the generator's settings, the set's image
+    policy, the shard size in samples and the build seed. Not in it: the set's name (its folder), batch
+    sizes, `shards.max_size_mb` (it only splits a shard's tar into parts), the failure budget, worker
+    counts, and `--tiny` as such (a tiny twin shows as the model, 'tiny-twin:...'; a set without a model
+    is the same set either way)."""
+    source = _source_identity(r.source)
+    source.pop("limit", None)
+    return {"seed": cfg.seed, "source": source, "generator": _content_settings(r),
+            "image": to_dict(r.image if r.image is not None else cfg.image), "max_count": cfg.shards.max_count}
 
 
 def _in_set(line: str, where: str, name: str) -> str:

@@ -56,7 +56,7 @@ class SetGuard:
 def shard_write_failed(exc: ShardWriteError, set_name: str, index: int, summary: dict) -> None:
     """Record a dropped shard; stop the build when the disk is full, the folder unwritable, or errors repeat."""
     if exc.disk_full:
-        free = _free_bytes(exc.set_dir)
+        free = _free_bytes(exc.local_dir)
         raise DiskFullError(f"disk full: no space left for '{exc.set_dir}' ({_human(free)} free on that "
                             "filesystem); the unfinished shard was dropped, finished shards are kept. Free some "
                             "space (or use another --output) and rerun the same command to resume") from None
@@ -68,7 +68,7 @@ def shard_write_failed(exc: ShardWriteError, set_name: str, index: int, summary:
                              f"\nstopping after {len(summary['shard_errors'])} shards failed to write")) from None
 
 
-def over_budget(out: Path, manifest: dict, max_fraction: float) -> list[str]:
+def over_budget(out, manifest: dict, max_fraction: float) -> list[str]:
     """One line per set whose failed samples exceed `max_fraction` (or that holds no sample at all),
     with its counts and most common errors."""
     lines = []
@@ -86,7 +86,7 @@ def over_budget(out: Path, manifest: dict, max_fraction: float) -> list[str]:
     return lines
 
 
-def most_common_errors(out: Path, set_name: str, n: int = 3) -> str:
+def most_common_errors(out, set_name: str, n: int = 3) -> str:
     """The `n` most common failure messages of a set (paths and quoted names folded), with counts."""
     counts: Counter = Counter()
     for st in collect_stats(out, set_name):

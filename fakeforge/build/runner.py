@@ -1,10 +1,17 @@
 """Drive a build: plan every set's shards, split them across processes, skip finished ones, summarise.
 
-Under `accelerate launch` each process (GPU) takes the shard jobs whose global index falls on its
-rank, so ranks write disjoint shards and share nothing but the output folder. One build owns its
-output folder (`fakeforge.locking.OutputLock`, taken by rank 0 for the whole job). Rerunning the same
-command resumes: a shard is skipped only when its done-marker is there and every tar it lists is
-whole; anything else is redone, and the log says why.
+The output is a local folder or any fsspec URL (`fakeforge.shards.store.Store`). Each set is checked
+against the record in its folder before any model loads (`fakeforge.build.identity`): new sets are
+built, unchanged ones resumed or skipped, changed ones refused unless rebuilt (`--rebuild-set`).
+
+Under `accelerate launch` / torchrun each process (GPU) takes the shard jobs whose global index falls
+on its rank, so ranks write disjoint shards and share nothing but the output. Independent processes
+(a SLURM job array) do the same with `--rank R --world-size W`. One build owns its output (a flock on
+local folders, a lock object with a heartbeat on object stores; `fakeforge.locking`), taken by rank 0
+for the whole job. Rerunning the same command resumes: a shard is skipped only when its done-marker
+is there, was made for the current plan, and every tar it lists is whole; anything else is redone,
+and the log says why. Which rank made a shard does not matter, so a resume may use any number of
+processes.
 
 A build that ends without a complete dataset ends with `BuildFailed` (exit 1): a shard that could not
 be written, a set whose first batch failed entirely, a set over its failure budget (see failures.py).
@@ -12,28 +19,33 @@ be written, a set whose first batch failed entirely, a set over its failure budg
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
 import platform
+import shutil
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from fakeforge import __version__
+from fakeforge.build import identity
 from fakeforge.build.config import ResolvedBuild, ResolvedSet
-from fakeforge.build.plan import ShardJob, check_unique_keys, plan_shards
 from fakeforge.build.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
+from fakeforge.build.plan import ShardJob, check_unique_keys, plan_shards, sample_key
+from fakeforge.build.progress import make_progress
+from fakeforge.build.ranks import Ranks, build_lock, process_state, resolve_ranks
 from fakeforge.build.worker import BatchReport, run_shard
-from fakeforge.config import ConfigError, dump_yaml
-from fakeforge.locking import FolderLockedError, OutputLock
-from fakeforge.shards.manifest import MANIFEST, build_manifest
-from fakeforge.shards.writer import ShardWriteError, list_shard_files, shard_state
+from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
+from fakeforge.shards.store import Store, redact_url
+from fakeforge.shards.writer import STATS_SUFFIX, ShardWriteError, list_shard_files, plan_record, shard_state
 from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure
 
-__all__ = ["BuildFailed", "DiskFullError", "Terminated", "build", "check_output_dir", "plan_build"]
+__all__ = ["BuildFailed", "DiskFullError", "Terminated", "build", "plan_build"]
 log = logging.getLogger("fakeforge.build")
 RESOLVED_CONFIG = "build_config.yaml"
 
@@ -67,42 +79,15 @@ def library_versions() -> dict:
     return out
 
 
-def check_output_path(out: Path) -> None:
-    """Refuse an output path that is a file, or whose folder cannot be written (before any work)."""
-    import os
-
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output '{out}' is a file, not a folder; choose another --output")
-    anchor = out
-    while not anchor.exists() and anchor != anchor.parent:
-        anchor = anchor.parent
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise ConfigError(f"output '{out}' cannot be written: '{anchor}' is read-only or not writable for this user")
-
-
-def check_output_dir(out: Path, config_hash: str) -> None:
-    """Refuse an output folder that holds shards of a different config (before any model loads)."""
-    saved = out / RESOLVED_CONFIG
-    if saved.is_file():
-        try:
-            old = (yaml.safe_load(saved.read_text()) or {}).get("config_hash")
-        except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError):
-            raise ConfigError(f"'{saved}' is unreadable; this folder's config is unknown: use another --output "
-                              "or delete that folder") from None
-        if old != config_hash:
-            raise ConfigError(f"output folder '{out}' holds shards of a different config (config_hash {old}, "
-                              f"this config {config_hash}); use another --output or delete that folder")
-    elif out.is_dir() and any(out.glob("*/*.tar")):
-        raise ConfigError(f"output folder '{out}' holds .tar shards not made by this config "
-                          f"(no {RESOLVED_CONFIG}); use another --output")
-
-
-def plan_build(resolved: ResolvedBuild, state) -> list[tuple[ResolvedSet, list[ShardJob]]]:
-    """Read sources and cut shard jobs for every set; checks keys are unique and source images exist."""
+def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
+               ) -> list[tuple[ResolvedSet, list[ShardJob]]]:
+    """Read sources and cut shard jobs for every set; checks keys are unique and source images exist.
+    `workdir`: where generated sources (demo, photos, archive members) are written (default: the output)."""
+    workdir = workdir if workdir is not None else Path(resolved.output)
     plans = []
     for rset in resolved.sets:
-        with state.main_process_first():  # the demo source is written once, by the main process
-            records = load_records(rset.source, resolved.output)
+        with state.local_main_process_first():  # generated sources are written once per machine
+            records = load_records(rset.source, workdir)
         check_unique_keys(rset.name, records)
         if rset.generator_cls.needs_source_image and rset.source.require_images:
             check_images_exist(records, f"set '{rset.name}'")
@@ -110,70 +95,84 @@ def plan_build(resolved: ResolvedBuild, state) -> list[tuple[ResolvedSet, list[S
     return plans
 
 
-def process_state():
-    """accelerate's PartialState; on a machine without CUDA, several launched processes use gloo on CPU."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def _broadcast_from_main(state, value):
-    """`value` as rank 0 has it, on every rank (a no-op with one process)."""
-    import torch.distributed as dist
-
-    if state.num_processes == 1 or not dist.is_available() or not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextmanager
-def build_lock(out: Path, state):
-    """One build job per output folder: rank 0 takes the lock and tells every rank whether it got it,
-    so every rank of a second job exits with the holder named."""
-    lock = OutputLock(out, "build")
-    error = None
-    if state.is_main_process:
-        try:
-            lock.acquire()
-        except FolderLockedError as exc:
-            error = str(exc)
-        except OSError as exc:
-            error = f"output folder '{out}' cannot be created or locked: {exc.strerror or exc}"
-    error = _broadcast_from_main(state, error)
-    if error:
-        raise FolderLockedError(error)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = False,
-          verify_existing: bool = False) -> dict:
-    """Build (or resume) every set of `resolved`; returns a summary dict. Safe to rerun.
+          verify_existing: bool = False, rebuild_sets: list[str] | None = None, prune: bool = False,
+          rank: int | None = None, world_size: int | None = None, log_every: float = 30.0) -> dict:
+    """Build (or resume, or extend) every set of `resolved`; returns a summary dict. Safe to rerun.
 
     `retry_failed` also redoes finished shards that recorded failed samples (e.g. after an
     out-of-memory error or a fixed source image); keys and seeds are the same, so nothing else changes.
     `verify_existing` checks the sha256 of every finished shard before skipping it (default: sizes).
-    Raises ConfigError before any work, BuildFailed (or DiskFullError) when the dataset is incomplete
-    or over its failure budget, KeyboardInterrupt / Terminated after dropping the unfinished shard."""
-    out = resolved.output
-    check_output_path(out)
-    check_output_dir(out, resolved.hash)
+    `rebuild_sets` rebuilds these sets (beside the old ones, swapped in when complete); `prune` deletes
+    sets on disk that the config no longer names. `rank`/`world_size`: this process's slot among
+    independent processes (--rank/--world-size). Raises ConfigError before any work, BuildFailed (or
+    DiskFullError) when the dataset is incomplete or over its failure budget, KeyboardInterrupt /
+    Terminated after dropping the unfinished shard."""
+    store = Store(resolved.config.output)
+    store.check_writable()
+    identity.plan_output(store, resolved, rebuild_sets, prune)  # refusals before any model loads
     state = process_state()
-    plans = plan_build(resolved, state)
-    with build_lock(out, state):
-        check_output_dir(out, resolved.hash)  # again, now that nobody else can write here
-        return _build_locked(resolved, state, plans, progress, retry_failed, verify_existing)
+    ranks = resolve_ranks(state, rank, world_size)
+    workdir = store.root if store.local else _remote_workdir(store)
+    plans = plan_build(resolved, state, workdir)
+    with build_lock(store, state, ranks) as lock:
+        out_plan = identity.plan_output(store, resolved, rebuild_sets, prune)  # again: nobody else writes now
+        for rset, jobs in plans:
+            identity.check_growth(store, out_plan, rset, sum(len(j.records) for j in jobs))
+        staging = None if store.local else Path(tempfile.mkdtemp(prefix="fakeforge-stage-"))
+        try:
+            return _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging, progress,
+                                 retry_failed, verify_existing, log_every)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build_locked(resolved, state, plans, progress, retry_failed, verify_existing) -> dict:
-    from tqdm.auto import tqdm
+def _remote_workdir(store: Store) -> Path:
+    """A local folder for generated sources (demo images, archive members) of a build into an object store."""
+    import os
 
-    out = resolved.output
+    base = Path(os.environ.get("FAKEFORGE_WORK_DIR") or Path.home() / ".cache" / "fakeforge" / "work")
+    return base / hashlib.sha256(str(store.url()).encode()).hexdigest()[:16]
+
+
+def _prepare_output(resolved, store: Store, plans, out_plan, state, ranks: Ranks) -> None:
+    """Swap in finished rebuilds, prune, clear stale rebuild folders, write set records and the config
+    (rank 0, or every independent rank: records are deterministic)."""
+    if not (state.is_main_process or ranks.independent):
+        return
+    if not ranks.independent:
+        if out_plan.pruned or [n for n in out_plan.swaps if n not in out_plan.rebuild]:
+            store.remove(MANIFEST)
+        for name in out_plan.swaps:
+            if name not in out_plan.rebuild:
+                identity.swap_in(store, name)
+        for name in out_plan.pruned:
+            identity.prune_set(store, name)
+    for rset, jobs in plans:
+        folder = out_plan.folders[rset.name]
+        record = identity.set_record(rset, set_label(rset), sum(len(j.records) for j in jobs), len(jobs),
+                                     complete=False if folder != rset.name else None)
+        try:
+            old = store.read_json(f"{folder}/{SET_RECORD}")
+        except ValueError:
+            old = None
+        if folder != rset.name and old is not None and old.get("set_hash") != rset.set_hash:
+            store.remove_tree(folder)  # an earlier rebuild with other settings: start over
+            old = None
+        if old != record:
+            store.makedirs(folder)
+            store.write_json(f"{folder}/{SET_RECORD}", record)
+    raw = dict(resolved.raw)
+    raw["output"] = redact_url(raw.get("output", ""))
+    text = yaml.safe_dump({**raw, "config_hash": resolved.hash, "tiny": resolved.tiny,
+                           "set_hashes": {r.name: r.set_hash for r, _ in plans}}, sort_keys=False)
+    if store.read_bytes(RESOLVED_CONFIG) != text.encode():
+        store.write_bytes(RESOLVED_CONFIG, text.encode())
+
+
+def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging, progress, retry_failed,
+                  verify_existing, log_every) -> dict:
     if resolved.tiny:
         from fakeforge.tiny import ensure_tiny
 
@@ -181,25 +180,24 @@ def _build_locked(resolved, state, plans, progress, retry_failed, verify_existin
             for rset in resolved.sets:
                 if rset.generator_raw.get("tiny_twin"):
                     ensure_tiny(rset.generator_raw["tiny_twin"], resolved.tiny_root)
-    if state.is_main_process:
-        dump_yaml({**resolved.raw, "config_hash": resolved.hash, "tiny": resolved.tiny}, out / RESOLVED_CONFIG)
+    _prepare_output(resolved, store, plans, out_plan, state, ranks)
     state.wait_for_everyone()
 
     all_jobs = [(rset, job) for rset, jobs in plans for job in jobs]
-    mine = [(rset, job) for i, (rset, job) in enumerate(all_jobs) if i % state.num_processes == state.process_index]
-    todo, redone = _todo(out, mine, retry_failed, verify_existing)
-    summary = {"rank": state.process_index, "shards_total": len(all_jobs), "shards_mine": len(mine),
+    mine = [(rset, job) for i, (rset, job) in enumerate(all_jobs) if i % ranks.world == ranks.rank]
+    todo, redone = _todo(store, out_plan, mine, retry_failed, verify_existing)
+    summary = {"rank": ranks.rank, "shards_total": len(all_jobs), "shards_mine": len(mine),
                "shards_skipped": len(mine) - len(todo), "shards_redone": redone, "written": 0, "failed": 0,
                "seconds": 0.0, "shard_errors": []}
-    if todo:
-        (out / MANIFEST).unlink(missing_ok=True)  # the dataset is about to change: no manifest until it is whole
+    if any(out_plan.folders[rset.name] == rset.name for rset, _ in todo):
+        store.remove(MANIFEST)  # the dataset is about to change: no manifest until it is whole (a rebuild
+        # works beside the old set, which stays valid until the swap)
     versions = library_versions()
     start = time.time()
-    bar = tqdm(total=sum(len(j.records) for _, j in todo), unit="img", desc=f"build[{state.process_index}]",
-               position=state.process_index, disable=not progress, dynamic_ncols=True)
+    bar = make_progress(sum(len(j.records) for _, j in todo), ranks.rank, progress, log_every)
     pool = ThreadPoolExecutor(max_workers=max(1, resolved.config.num_workers), thread_name_prefix="source-io")
     try:
-        _run_jobs(resolved, state, todo, summary, versions, bar, pool)
+        _run_jobs(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging)
     except KeyboardInterrupt:
         log.warning("interrupted (Ctrl-C): the unfinished shard was dropped, finished shards are kept; "
                     "rerun the same command to resume")
@@ -212,27 +210,68 @@ def _build_locked(resolved, state, plans, progress, retry_failed, verify_existin
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
     summary["seconds"] = round(time.time() - start, 2)
-    state.wait_for_everyone()
     failures = [f"shard {e['set']}/{e['shard']} was not written: {e['error']}" for e in summary["shard_errors"]]
+    if ranks.independent:
+        _log_summary(summary)
+        if failures:
+            raise BuildFailed("\n".join(failures))
+        log.info("rank %d of %d: its shards are done. Once every rank has finished, run the same command once "
+                 "without --rank/--world-size: it skips every finished shard and writes the manifest", ranks.rank,
+                 ranks.world)
+        return summary
+    state.wait_for_everyone()
     if state.is_main_process:
-        sets = [{"name": rset.name, "label": set_label(rset), "generator": rset.generator_name,
-                 "model_id": rset.model_label, "shards": len(jobs)} for rset, jobs in plans]
-        manifest = build_manifest(out, sets, resolved.hash, {"tiny": resolved.tiny, "versions": versions,
-                                                            "max_failed_fraction":
-                                                                resolved.config.max_failed_fraction})
-        summary["manifest"] = {k: {"count": v["count"], "failed": v["failed"]} for k, v in manifest["sets"].items()}
-        failures += [f"set '{k}': {v['shard_jobs_done']} of {v['shard_jobs']} shard jobs finished (rerun the "
-                     "same command to complete it)" for k, v in manifest["sets"].items()
-                     if v["shard_jobs_done"] != v["shard_jobs"]]
-        failures += over_budget(out, manifest, resolved.config.max_failed_fraction)
-        if manifest["failed"] and not failures:
-            log.warning("%d samples failed (their errors are in each shard's .stats.json); after fixing the "
-                        "cause, rerun with --retry-failed to redo only the shards that have failures",
-                        manifest["failed"])
+        failures += _finish(resolved, store, plans, out_plan, versions, summary)
     _log_summary(summary)
     if failures:
         raise BuildFailed("\n".join(failures))
     return summary
+
+
+def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[str]:
+    """Rank 0, after every rank is done: swap in complete rebuilds, write the manifest over every set of
+    the output (this config's and the kept ones), check completeness and budgets."""
+    failures = []
+    for rset, jobs in plans:
+        folder = out_plan.folders[rset.name]
+        if folder == rset.name:
+            continue
+        remaining, _ = _todo(store, out_plan, [(rset, job) for job in jobs], False, False)
+        done = len(jobs) - len(remaining)
+        if not remaining:
+            store.remove(MANIFEST)
+            record = store.read_json(f"{folder}/{SET_RECORD}") or {}
+            store.write_json(f"{folder}/{SET_RECORD}", {**record, "complete": True})
+            identity.swap_in(store, rset.name)
+            out_plan.folders[rset.name] = rset.name
+        else:
+            failures.append(f"set '{rset.name}': the rebuild finished {done} of {len(jobs)} shard jobs (rerun the "
+                            f"same command with --rebuild-set {rset.name} to complete it; the old set is unchanged)")
+    if failures:
+        return failures
+    sets = [{"name": rset.name, "label": set_label(rset), "generator": rset.generator_name,
+             "model_id": rset.model_label, "shards": len(jobs), "set_hash": rset.set_hash,
+             "limit": rset.source.limit} for rset, jobs in plans]
+    built = {s["name"] for s in sets}
+    for name in [*out_plan.kept, *resolved.skipped]:
+        rec = out_plan.records.get(name)
+        if rec is not None and name not in built:
+            sets.append({"name": name, "label": rec.get("label"), "generator": rec.get("generator"),
+                         "model_id": rec.get("model_id"), "shards": rec.get("shard_jobs", 0),
+                         "set_hash": rec.get("set_hash"), "limit": rec.get("limit")})
+    manifest = build_manifest(store, sets, None, {"tiny": resolved.tiny, "versions": versions,
+                                                  "max_failed_fraction": resolved.config.max_failed_fraction})
+    summary["manifest"] = {k: {"count": v["count"], "failed": v["failed"]} for k, v in manifest["sets"].items()}
+    summary["config_hash"] = manifest["config_hash"]
+    failures += [f"set '{k}': {v['shard_jobs_done']} of {v['shard_jobs']} shard jobs finished (rerun the "
+                 "same command to complete it)" for k, v in manifest["sets"].items()
+                 if v["shard_jobs_done"] != v["shard_jobs"]]
+    failures += over_budget(store, manifest, resolved.config.max_failed_fraction)
+    if manifest["failed"] and not failures:
+        log.warning("%d samples failed (their errors are in each shard's .stats.json); after fixing the "
+                    "cause, rerun with --retry-failed to redo only the shards that have failures",
+                    manifest["failed"])
+    return failures
 
 
 def set_label(rset: ResolvedSet) -> str:
@@ -243,16 +282,29 @@ def set_label(rset: ResolvedSet) -> str:
     return rset.generator_cls.label
 
 
-def _todo(out: Path, mine, retry_failed: bool, verify_existing: bool):
-    """The jobs to (re)do; logs each finished shard that is redone because it is no longer whole."""
-    listings: dict[str, dict[str, set[str]]] = {}
+def _todo(store: Store, out_plan, jobs, retry_failed: bool, verify_existing: bool):
+    """The jobs to (re)do; logs each finished shard that is redone because it is no longer whole or was
+    planned with other samples (a set that grew). One listing per set folder; only the done-markers of
+    `jobs` are read (concurrently on object stores)."""
+    listings: dict[str, dict] = {}
+    for rset, _job in jobs:
+        folder = out_plan.folders[rset.name]
+        if folder not in listings:
+            listings[folder] = list_shard_files(store, folder)
+    wanted = [f"{out_plan.folders[rset.name]}/{job.index:06d}{STATS_SUFFIX}" for rset, job in jobs
+              if f"{job.index:06d}{STATS_SUFFIX}" in listings[out_plan.folders[rset.name]].get(f"{job.index:06d}", {})]
+    markers = store.read_many(wanted)
     todo, redone = [], 0
-    for rset, job in mine:
-        set_dir = out / rset.name
-        if rset.name not in listings:
-            listings[rset.name] = list_shard_files(set_dir)
-        done, reason = shard_state(set_dir, job.index, without_failures=retry_failed, check_hash=verify_existing,
-                                   existing=listings[rset.name])
+    for rset, job in jobs:
+        folder = out_plan.folders[rset.name]
+        raw = markers.get(f"{folder}/{job.index:06d}{STATS_SUFFIX}")
+        try:
+            stats = json.loads(raw) if raw is not None else None
+        except (ValueError, UnicodeDecodeError):
+            stats = None
+        plan = plan_record([sample_key(rset.name, r) for r in job.records])
+        done, reason = shard_state(store, folder, job.index, plan=plan, without_failures=retry_failed,
+                                   check_hash=verify_existing, existing=listings[folder], stats=stats)
         if not done:
             todo.append((rset, job))
             if reason:
@@ -261,8 +313,39 @@ def _todo(out: Path, mine, retry_failed: bool, verify_existing: bool):
     return todo, redone
 
 
-def _run_jobs(resolved: ResolvedBuild, state, todo, summary, versions, bar, pool) -> None:
-    out = resolved.output
+def _settle(uploads: list, summary: dict, keep: int) -> None:
+    """Wait for queued shard uploads until at most `keep` are left; a failed one is a dropped shard."""
+    while len(uploads) > keep:
+        name, index, future = uploads.pop(0)
+        try:
+            future.result()
+        except ShardWriteError as exc:
+            shard_write_failed(exc, name, index, summary)
+
+
+def _run_jobs(resolved: ResolvedBuild, store: Store, out_plan, state, ranks: Ranks, todo, summary, versions, bar,
+              pool, lock, staging) -> None:
+    """Every shard job of this rank. On object stores a shard's upload overlaps the next shard's generation
+    (one upload at a time); an interruption waits for that upload, so the shard is either done or dropped."""
+    publisher = None if store.local else ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
+    uploads: list = []
+    try:
+        _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging,
+                  publisher, uploads)
+    except BaseException:
+        for _name, _index, future in uploads:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - the upload dropped (aborted) its shard; a rerun redoes it
+                log.warning("shard %s/%06d was dropped: %s", _name, _index, exc)
+        raise
+    finally:
+        if publisher is not None:
+            publisher.shutdown(wait=True)
+
+
+def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging, publisher,
+              uploads) -> None:
     active = [rset for rset in resolved.sets if any(s is rset for s, _ in todo)]
     for n, rset in enumerate(active):
         jobs = [job for s, job in todo if s is rset]
@@ -274,9 +357,9 @@ def _run_jobs(resolved: ResolvedBuild, state, todo, summary, versions, bar, pool
             settings["model_id"] = rset.model_label  # the hub id (or twin name), not a local path
         common = {"label": set_label(rset), "set": rset.name, "generator": rset.generator_name,
                   "generator_type": rset.generator_cfg.type, "model_id": rset.model_label,
-                  "source": rset.source.kind, "settings": settings, "config_hash": resolved.hash,
+                  "source": rset.source.kind, "settings": settings, "set_hash": rset.set_hash,
                   "versions": versions}
-        header = {"set": rset.name, "config_hash": resolved.hash, "rank": state.process_index}
+        header = {"set": rset.name, "set_hash": rset.set_hash, "rank": ranks.rank}
         guard = SetGuard(rset.name, sum(len(j.records) for j in jobs))
 
         def on_batch(report: BatchReport, guard=guard):
@@ -284,19 +367,27 @@ def _run_jobs(resolved: ResolvedBuild, state, todo, summary, versions, bar, pool
             summary["written"] += report.ok
             summary["failed"] += report.size - report.ok
             guard(report)
+            lock.check()
 
         for job in jobs:
             bar.set_postfix_str(f"{rset.name}/{job.index:06d}")
             try:
-                run_shard(job, generator, out / rset.name, rset.image, base_seed=resolved.config.seed,
-                          common_meta=common, header=header, pool=pool, on_batch=on_batch,
-                          limits=rset.source.image_limits,
-                          max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20))
+                result = run_shard(job, generator, store, out_plan.folders[rset.name], rset.image,
+                                   base_seed=resolved.config.seed, common_meta=common, header=header, pool=pool,
+                                   on_batch=on_batch, limits=rset.source.image_limits, staging=staging,
+                                   plan=plan_record([sample_key(rset.name, r) for r in job.records]),
+                                   max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20),
+                                   publisher=publisher)
             except GeneratorFailure as exc:
                 raise BuildFailed(f"set '{rset.name}': the generator failed (a configuration or code problem, "
                                   f"not one sample's): {exc}") from exc
             except ShardWriteError as exc:
                 shard_write_failed(exc, rset.name, job.index, summary)
+                continue
+            if isinstance(result, Future):
+                _settle(uploads, summary, keep=0)  # at most one upload runs while the next shard is generated
+                uploads.append((rset.name, job.index, result))
+        _settle(uploads, summary, keep=0)
         del generator
         if n + 1 < len(active):  # release the accelerator before the next set's model loads
             _free_memory()

@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from fakeforge.build.plan import ShardJob, sample_key, sample_seed
 from fakeforge.images import ImageLimits, ImageLoadError, ImagePolicy, encode_mask, load_rgb
+from fakeforge.shards.store import Store
 from fakeforge.shards.writer import ShardSink
 from fakeforge.sources import Record
 from generators.base import Generator, GenRequest, GenResult
@@ -69,14 +71,20 @@ def _sample(req: GenRequest, res: GenResult, policy: ImagePolicy, common: dict) 
     return sample
 
 
-def run_shard(job: ShardJob, generator: Generator, set_dir, policy: ImagePolicy, *, base_seed: int,
-              common_meta: dict, header: dict, max_size_bytes: int, pool: ThreadPoolExecutor,
-              limits: ImageLimits | None = None, on_batch: Callable[[BatchReport], None] | None = None) -> dict:
-    """Make and write every sample of `job`; returns the shard stats (also written as the done-marker).
+def run_shard(job: ShardJob, generator: Generator, store: Store, set_rel: str, policy: ImagePolicy, *,
+              base_seed: int, common_meta: dict, header: dict, max_size_bytes: int, pool: ThreadPoolExecutor,
+              limits: ImageLimits | None = None, on_batch: Callable[[BatchReport], None] | None = None,
+              staging: Path | None = None, plan: dict | None = None, publisher: ThreadPoolExecutor | None = None
+              ) -> dict | Future:
+    """Make and write every sample of `job` into folder `set_rel` of `store`; returns the shard stats (also
+    written as the done-marker, with `plan`). `staging`: the local folder where shards for an object
+    store are made before their upload. With `publisher`, the last part's upload and the done-marker
+    run there and a Future of the stats is returned (the next shard is generated meanwhile); a failed
+    upload drops the shard (the Future raises `ShardWriteError`).
 
     Raises `ShardWriteError` (the shard dropped) when writing fails; anything `on_batch` raises stops
     the shard the same way (nothing of it stays)."""
-    sink = ShardSink(set_dir, job.index, max_size_bytes, header)
+    sink = ShardSink(store, set_rel, job.index, max_size_bytes, header, staging=staging, plan=plan)
     bs = generator.config.batch_size
     batches = [job.records[i:i + bs] for i in range(0, len(job.records), bs)]
     needs_image = generator.needs_source_image
@@ -120,7 +128,18 @@ def run_shard(job: ShardJob, generator: Generator, set_dir, policy: ImagePolicy,
                                      gen_errors))
         for w in writes:
             w.result()
-        return sink.close({"generate_seconds": round(gen_seconds, 3)})
+        extra = {"generate_seconds": round(gen_seconds, 3)}
+        if publisher is None:
+            return sink.close(extra)
+
+        def publish():
+            try:
+                return sink.close(extra)
+            except BaseException:
+                sink.abort()
+                raise
+
+        return publisher.submit(publish)
     except BaseException:
         writer.shutdown(wait=True, cancel_futures=True)
         sink.abort()

@@ -1,47 +1,65 @@
-"""The dataset manifest: counts per set and sha256 per tar, assembled from the per-shard stats files."""
+"""The dataset manifest: counts per set, sha256 per tar and each set's settings hash, assembled from the
+per-shard stats files and the per-set records (`<set>/_set.json`)."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-from fakeforge.shards.writer import STATS_SUFFIX, write_json_atomic
+from fakeforge.shards.store import Store
+from fakeforge.shards.writer import STATS_SUFFIX, as_store
 
 MANIFEST = "manifest.json"
+SET_RECORD = "_set.json"
 
 
-def collect_stats(out_dir: str | Path, set_name: str) -> list[dict]:
-    """Stats of every finished shard of a set, sorted by shard index."""
-    set_dir = Path(out_dir) / set_name
+def dataset_hash(set_hashes: dict[str, dict]) -> str:
+    """The whole dataset's identity: a hash over every set's name, settings hash and `limit`. It changes
+    when a set is added, removed (with --prune), rebuilt with other settings, or grown."""
+    from fakeforge.config import config_hash
+
+    return config_hash({name: {"set_hash": v["set_hash"], "limit": v.get("limit")}
+                        for name, v in sorted(set_hashes.items())})
+
+
+def collect_stats(out_dir: str | Path | Store, set_name: str) -> list[dict]:
+    """Stats of every finished shard of a set, sorted by shard index (one listing, concurrent reads)."""
+    store = as_store(out_dir)
+    names = sorted(n for n in store.listdir(set_name) if n.endswith(STATS_SUFFIX) and n[:6].isdigit())
     stats = []
-    for p in sorted(set_dir.glob(f"*{STATS_SUFFIX}")):
+    for data in store.read_many([f"{set_name}/{n}" for n in names]).values():
         try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError:
+            value = json.loads(data) if data is not None else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
-        if data.get("done"):
-            stats.append(data)
+        if isinstance(value, dict) and value.get("done"):
+            stats.append(value)
     return stats
 
 
-def build_manifest(out_dir: str | Path, sets: list[dict], config_hash: str, extra: dict | None = None) -> dict:
-    """Write manifest.json from the stats files. `sets` are {"name", "label", "generator", "shards"} dicts
-    where "shards" is the planned number of shard jobs (the manifest says if any is missing)."""
-    out_dir = Path(out_dir)
-    manifest = {"format": "fakeforge-webdataset/1", "config_hash": config_hash,
+def build_manifest(out_dir: str | Path | Store, sets: list[dict], config_hash: str | None = None,
+                   extra: dict | None = None) -> dict:
+    """Write manifest.json from the stats files. `sets` are {"name", "label", "generator", "model_id",
+    "shards", "set_hash", "limit"} dicts, "shards" being the planned number of shard jobs (the manifest
+    says if any is missing). `config_hash` defaults to `dataset_hash` over the sets."""
+    store = as_store(out_dir)
+    hashes = {s["name"]: {"set_hash": s.get("set_hash"), "limit": s.get("limit")} for s in sets}
+    manifest = {"format": "fakeforge-webdataset/2",
+                "config_hash": config_hash if config_hash is not None else dataset_hash(hashes),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sets": {}, "total": 0, "failed": 0}
     manifest.update(extra or {})
     for s in sets:
-        stats = collect_stats(out_dir, s["name"])
+        stats = collect_stats(store, s["name"])
         tars = [{"name": f"{s['name']}/{t['name']}", "count": t["count"], "bytes": t["bytes"], "sha256": t["sha256"]}
                 for st in stats for t in st["tars"]]
         written = sum(st["written"] for st in stats)
         failed = sum(st["failed"] for st in stats)
         manifest["sets"][s["name"]] = {
             "label": s["label"], "generator": s["generator"], "model_id": s.get("model_id"),
+            "set_hash": s.get("set_hash"), "limit": s.get("limit"),
             "count": written, "failed": failed, "shard_jobs": s["shards"], "shard_jobs_done": len(stats),
             "tars": tars}
         manifest["total"] += written
         manifest["failed"] += failed
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    store.write_json(MANIFEST, manifest)
     return manifest

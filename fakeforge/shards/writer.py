@@ -5,7 +5,12 @@ when the size limit splits it) and finally `NNNNNN.stats.json`. The stats file i
 and it records each tar's size and sha256. A shard is done only when its marker says so *and*
 every tar it lists is there with the recorded size (`shard_state`); anything else is redone from
 scratch on resume. Redoing a shard removes its marker first, so an interruption at any point
-leaves it either done and whole, or not done.
+leaves it either done and whole, or not done. The marker also records the samples the shard was
+planned for (`plan_record`): a set that grew redoes its partial last shard.
+
+The set folder lives in a `Store`: locally the tar is made in place (temp name, fsync, rename); on
+object stores it is made in a local staging folder, uploaded and its size read back, and the marker
+is written only after that.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from pathlib import Path
 
 import webdataset as wds
 
+from fakeforge.shards.store import Store
+
 STATS_SUFFIX = ".stats.json"
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -27,17 +34,21 @@ def shard_stem(index: int) -> str:
     return f"{index:06d}"
 
 
+def marker_name(index: int) -> str:
+    return f"{shard_stem(index)}{STATS_SUFFIX}"
+
+
 def stats_path(set_dir: Path, index: int) -> Path:
-    return Path(set_dir) / f"{shard_stem(index)}{STATS_SUFFIX}"
+    return Path(set_dir) / marker_name(index)
 
 
 class ShardWriteError(Exception):
     """Writing a shard failed (an I/O error, a full disk): the shard was dropped, not marked done."""
 
-    def __init__(self, set_dir: Path, index: int, cause: OSError):
-        self.set_dir, self.index, self.cause = Path(set_dir), index, cause
-        super().__init__(f"writing shard '{Path(set_dir) / shard_stem(index)}' failed: "
-                         f"{type(cause).__name__}: {cause}")
+    def __init__(self, set_dir: Path | str, index: int, cause: OSError, local_dir: Path | None = None):
+        self.set_dir, self.index, self.cause = set_dir, index, cause
+        self.local_dir = Path(local_dir if local_dir is not None else set_dir)  # where free space is measured
+        super().__init__(f"writing shard '{set_dir}/{shard_stem(index)}' failed: {type(cause).__name__}: {cause}")
 
     @property
     def disk_full(self) -> bool:
@@ -50,84 +61,107 @@ class ShardWriteError(Exception):
                                                           errno.EPERM)
 
 
-def read_stats(set_dir: Path, index: int) -> dict | None:
+def read_stats(store: Store, set_rel: str, index: int) -> dict | None:
     """The shard's stats (done-marker), or None when it is missing or unreadable."""
     try:
-        return json.loads(stats_path(set_dir, index).read_text())
+        return store.read_json(f"{set_rel}/{marker_name(index)}")
     except (OSError, ValueError):
         return None
 
 
-def list_shard_files(set_dir: Path) -> dict[str, set[str]]:
-    """The files of a set folder grouped by shard stem ("000012" -> {"000012.tar", "000012.stats.json", ...}),
-    listed once so that checking every shard does not rescan the folder."""
-    out: dict[str, set[str]] = {}
-    if Path(set_dir).is_dir():
-        for p in Path(set_dir).iterdir():
-            stem = re.split(r"[.-]", p.name, maxsplit=1)[0]
-            out.setdefault(stem, set()).add(p.name)
+def list_shard_files(store: Store | Path, set_rel: str = "") -> dict[str, dict[str, int]]:
+    """The files of a set folder grouped by shard stem ("000012" -> {"000012.tar": bytes, ...}), listed
+    once (one LIST on object stores) so that checking every shard does not rescan the folder."""
+    store = as_store(store)
+    out: dict[str, dict[str, int]] = {}
+    for name, size in store.listdir(set_rel).items():
+        stem = re.split(r"[.-]", name, maxsplit=1)[0]
+        out.setdefault(stem, {})[name] = size
     return out
 
 
-def shard_state(set_dir: Path, index: int, *, without_failures: bool = False, check_hash: bool = False,
-                existing: dict[str, set[str]] | None = None) -> tuple[bool, str | None]:
-    """(done, reason). Done means: the done-marker says so, and every tar it lists exists with the
-    recorded size (and sha256, with `check_hash`), and no other part of the shard lies beside it.
-    `reason` says why a shard with a done-marker is not done (None for a shard never finished).
-    `existing`: `list_shard_files(set_dir)`, listed once by the caller; without it stray parts are not
-    looked for."""
-    set_dir = Path(set_dir)
-    p = stats_path(set_dir, index)
+def plan_record(keys: list[str]) -> dict:
+    """What a shard job holds, recorded in its done-marker: the number of samples and a digest of their keys.
+    A finished shard whose record differs from the current plan (a set that grew) is redone."""
+    return {"count": len(keys), "keys_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]}
+
+
+_UNREAD = object()
+
+
+def shard_state(store: Store | Path, set_rel: str, index: int, *, plan: dict | None = None,
+                without_failures: bool = False, check_hash: bool = False,
+                existing: dict[str, dict[str, int]] | None = None, stats=_UNREAD) -> tuple[bool, str | None]:
+    """(done, reason). Done means: the done-marker says so, it was made for `plan` (when given), every tar
+    it lists exists with the recorded size (and sha256, with `check_hash`), and no other part of the shard
+    lies beside it. `reason` says why a shard with a done-marker is not done (None for a shard never
+    finished). `existing`: `list_shard_files(store, set_rel)`, listed once by the caller (without it the
+    folder is listed here); `stats`: the marker's content when the caller already read it."""
+    store = as_store(store)
     stem = shard_stem(index)
-    names = existing.get(stem, set()) if existing is not None else None
-    if names is not None and p.name not in names or names is None and not p.is_file():
+    marker = marker_name(index)
+    names = (existing if existing is not None else list_shard_files(store, set_rel)).get(stem, {})
+    if marker not in names:
         return False, None
-    stats = read_stats(set_dir, index)
+    if stats is _UNREAD:
+        stats = read_stats(store, set_rel, index)
     if not isinstance(stats, dict) or not stats.get("done") or not isinstance(stats.get("tars"), list):
-        return False, f"its done-marker {p.name} is unreadable"
+        return False, f"its done-marker {marker} is unreadable"
+    if plan is not None and stats.get("plan") != plan:
+        old = stats.get("plan") or {}
+        if old.get("count") != plan["count"]:
+            return False, (f"it holds {old.get('count', '?')} planned samples, the plan now has {plan['count']} "
+                           "(the set grew)")
+        return False, "its samples are not the ones the plan now puts in this shard"
     listed = set()
     for t in stats["tars"]:
-        tar = set_dir / str(t.get("name"))
-        listed.add(tar.name)
-        try:
-            size = tar.stat().st_size
-        except OSError:
-            return False, f"{tar.name} is missing"
-        if size != t.get("bytes"):
-            return False, f"{tar.name} has {size} bytes, its done-marker says {t.get('bytes')}"
-        if check_hash and sha256_file(tar) != t.get("sha256"):
-            return False, f"{tar.name} does not match its recorded sha256"
-    if names is not None:
-        stray = sorted(n for n in names if _is_part_of(n, stem) and n.endswith(".tar") and n not in listed)
-        if stray:
-            return False, f"{stray[0]} lies beside it but is not listed in its done-marker"
+        name = str(t.get("name"))
+        listed.add(name)
+        if name not in names:
+            return False, f"{name} is missing"
+        if names[name] != t.get("bytes"):
+            return False, f"{name} has {names[name]} bytes, its done-marker says {t.get('bytes')}"
+        if check_hash and store.sha256(f"{set_rel}/{name}") != t.get("sha256"):
+            return False, f"{name} does not match its recorded sha256"
+    stray = sorted(n for n in names if _is_part_of(n, stem) and n.endswith(".tar") and n not in listed)
+    if stray:
+        return False, f"{stray[0]} lies beside it but is not listed in its done-marker"
     if sum(int(t.get("count", 0)) for t in stats["tars"]) != stats.get("written"):
-        return False, f"its done-marker {p.name} counts do not add up"
+        return False, f"its done-marker {marker} counts do not add up"
     if without_failures and stats.get("failed"):
         return False, f"it recorded {stats['failed']} failed sample(s) (--retry-failed)"
     return True, None
 
 
 def is_done(set_dir: Path, index: int, without_failures: bool = False, check_hash: bool = False) -> bool:
-    """True when shard `index` is finished and whole (see `shard_state`)."""
-    return shard_state(set_dir, index, without_failures=without_failures, check_hash=check_hash)[0]
+    """True when shard `index` of the local set folder `set_dir` is finished and whole (see `shard_state`)."""
+    set_dir = Path(set_dir)
+    return shard_state(Store(set_dir.parent), set_dir.name, index, without_failures=without_failures,
+                       check_hash=check_hash)[0]
 
 
 def _is_part_of(name: str, stem: str) -> bool:
     return name == f"{stem}.tar" or name.startswith(f"{stem}-") or name.startswith(f"{stem}.tar")
 
 
-def clear_partial(set_dir: Path, index: int) -> None:
+def clear_partial(store: Store | Path, set_rel: str, index: int) -> None:
     """Remove the done-marker first, then every file of the shard (tars, parts, temp files), so an
     interruption at any point leaves the shard not done."""
+    store = as_store(store)
     stem = shard_stem(index)
-    marker = stats_path(set_dir, index)
-    if marker.exists():
-        marker.unlink()
-        fsync_dir(set_dir)  # the marker's removal must reach the disk before any tar goes
-    for p in Path(set_dir).glob(f"{stem}*"):
-        if _is_part_of(p.name, stem) or p.name.endswith(".tmp"):
-            p.unlink(missing_ok=True)
+    marker = marker_name(index)
+    names = store.listdir(set_rel)
+    if marker in names:
+        store.remove(f"{set_rel}/{marker}")
+        if store.local:
+            fsync_dir(Path(store.path(set_rel)))  # the marker's removal must reach the disk before any tar goes
+    for name in names:
+        if name != marker and name.startswith(stem) and (_is_part_of(name, stem) or name.endswith(".tmp")):
+            store.remove(f"{set_rel}/{name}")
+
+
+def as_store(location) -> Store:
+    return location if isinstance(location, Store) else Store(location)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -169,6 +203,10 @@ def write_json_atomic(path: Path, data: dict) -> None:
 class ShardSink:
     """Collects the samples of one shard job and writes them as tar part(s) + a stats file.
 
+    Local output: parts are written as `NNNNNN.tar.tmp` in the set folder, fsynced and renamed. Other
+    stores: parts are written in `staging` (a local folder), uploaded when complete and their size read
+    back. Either way the done-marker is written last, after every part is in place.
+
     Any I/O error while writing raises `ShardWriteError`: the tar stream may be misaligned by then,
     so the caller must `abort()` the whole shard (never just skip the sample).
     """
@@ -176,11 +214,17 @@ class ShardSink:
     #: how tar part files are opened (tests wrap it to inject real I/O errors into the file object)
     open_file = staticmethod(open)
 
-    def __init__(self, set_dir: str | Path, index: int, max_size_bytes: int, header: dict | None = None):
-        self.set_dir = Path(set_dir)
-        self.index = index
-        self.max_size = max_size_bytes
+    def __init__(self, store: Store | Path, set_rel: str | int, index: int | None = None,
+                 max_size_bytes: int | None = None, header: dict | None = None, staging: Path | None = None,
+                 plan: dict | None = None):
+        if not isinstance(store, Store):  # ShardSink(set_dir, index, max_size_bytes, header): a local folder
+            store, set_rel, index, max_size_bytes, header = (Store(Path(store).parent), Path(store).name, set_rel,
+                                                             index, max_size_bytes if header is None else header)
+        self.store, self.set_rel, self.index = store, str(set_rel), int(index)
+        self.set_dir = Path(store.path(self.set_rel)) if store.local else Path(staging or ".") / self.set_rel
+        self.max_size = int(max_size_bytes)
         self.header = header or {}
+        self.plan = plan
         self.parts: list[dict] = []
         self.failures: list[dict] = []
         self.keys: set[str] = set()
@@ -190,9 +234,15 @@ class ShardSink:
         self._count = 0
         try:
             self.set_dir.mkdir(parents=True, exist_ok=True)
-            clear_partial(self.set_dir, index)  # the done-marker goes first
+            clear_partial(store, self.set_rel, self.index)  # the done-marker goes first
+            if not store.local:
+                clear_partial(Store(self.set_dir.parent), self.set_dir.name, self.index)  # staged leftovers
         except OSError as exc:
-            raise ShardWriteError(self.set_dir, index, exc) from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> "ShardWriteError":
+        return ShardWriteError(self.set_dir if self.store.local else self.store.show(self.set_rel), self.index, exc,
+                               local_dir=self.set_dir)
 
     def _part_name(self) -> str:
         n = len(self.parts)
@@ -202,7 +252,8 @@ class ShardSink:
         self._final = self.set_dir / self._part_name()
         self._tmp = self._final.with_name(self._final.name + ".tmp")
         self._fh = self.open_file(self._tmp, "wb")
-        self._writer = wds.TarWriter(self._fh)
+        # a fixed member mtime makes a shard's bytes depend on its samples only (reproducible builds)
+        self._writer = wds.TarWriter(self._fh, mtime=float(os.environ.get("SOURCE_DATE_EPOCH", "0")))
         self._count = 0
 
     def _close_part(self) -> None:
@@ -210,18 +261,19 @@ class ShardSink:
             return
         self._writer.close()  # closes the tar stream; the file object stays ours
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if self.store.local:
+            os.fsync(self._fh.fileno())
         self._fh.close()
-        self._tmp.replace(self._final)
-        self.parts.append({"name": self._final.name, "count": self._count, "bytes": self._final.stat().st_size,
-                           "sha256": sha256_file(self._final)})
+        digest = sha256_file(self._tmp)
+        size = self.store.upload(self._tmp, f"{self.set_rel}/{self._final.name}")
+        self.parts.append({"name": self._final.name, "count": self._count, "bytes": size, "sha256": digest})
         self._writer = self._fh = None
 
     def _io(self, action, *args):
         try:
             return action(*args)
         except OSError as exc:
-            raise ShardWriteError(self.set_dir, self.index, exc) from exc
+            raise self._error(exc) from exc
 
     def write(self, sample: dict) -> None:
         """Write one sample: {"__key__": key, "<ext>": bytes, "json": dict, ...}."""
@@ -250,8 +302,10 @@ class ShardSink:
             "shard": shard_stem(self.index), "done": True, "written": len(self.keys), "failed": len(self.failures),
             "tars": self.parts, "failures": self.failures, "seconds": round(time.time() - self.started, 3),
         })
+        if self.plan is not None:
+            stats["plan"] = self.plan
         stats.update(extra or {})
-        self._io(write_json_atomic, stats_path(self.set_dir, self.index), stats)
+        self._io(self.store.write_json, f"{self.set_rel}/{marker_name(self.index)}", stats)
         return stats
 
     def abort(self) -> None:
@@ -267,4 +321,6 @@ class ShardSink:
             except OSError:
                 pass
         self._writer = self._fh = None
-        clear_partial(self.set_dir, self.index)
+        if not self.store.local:
+            clear_partial(Store(self.set_dir.parent), self.set_dir.name, self.index)
+        clear_partial(self.store, self.set_rel, self.index)

@@ -88,10 +88,13 @@ DOWNLOAD_KINDS = ("folder", "shards", "diffusiondb", "frames")
 
 
 def select_records(by_image: dict[str, list[Record]], cfg: SourceConfig) -> list[Record]:
-    """Deterministic selection: shuffle image ids with `seed`, keep `limit`, pick captions, sort.
+    """Deterministic selection in a fixed seeded order: image ids (sorted, so the input file's order does
+    not matter) shuffled with `seed`, the first `limit` kept, then their captions (one picked with a
+    per-image seed, or all, in caption-id order).
 
-    The output order is sorted by (image_id, caption_id) so the shard plan does not depend on
-    the order of the input file.
+    The output keeps the shuffled order: the records of a build with limit N are the first records of a
+    build with any larger limit, so growing a set only appends shard jobs (keys depend on ids, not on
+    positions).
     """
     image_ids = sorted(by_image)
     rng = random.Random(cfg.seed)
@@ -106,8 +109,5 @@ def select_records(by_image: dict[str, list[Record]], cfg: SourceConfig) -> list
             chosen.append(caps[pick])
         else:
             chosen.extend(caps)
-    return sorted(chosen, key=lambda r: (_sort_key(r.image_id), _sort_key(r.caption_id)))
+    return chosen
 
-
-def _sort_key(value: str):
-    return (0, int(value), "") if value.isdigit() else (1, 0, value)
