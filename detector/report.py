@@ -100,12 +100,14 @@ def read_thumbnails(set_paths: dict[str, list[Path] | Path], wanted: dict[str, s
     return out
 
 
-def _tar_images(tars: list[Path], keys: set[str]):
+def _tar_images(tars: list, keys: set[str]):
+    from fakeforge.shards.reader import open_shard
+
     todo = set(keys)
     for tar in tars:
         if not todo:
             return
-        with tarfile.open(tar, "r:") as tf:
+        with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
             for m in tf:
                 key, _, ext = Path(m.name).name.partition(".")
                 if m.isfile() and key in todo and ext.lower() in ("jpg", "jpeg", "png", "webp"):

@@ -77,10 +77,12 @@ class AuditSet:
         return np.array([[r[n] for n in names] for r in self.rows], dtype=float).reshape(len(self.rows), len(names))
 
 
-def _iter_tar_samples(tars: list[Path]):
-    """(image bytes, json dict or None) per sample of tar shards, in order; images are read as members."""
+def _iter_tar_samples(tars: list):
+    """(image bytes, json dict or None) per sample of tar shards (local or URL, streamed), in order."""
+    from fakeforge.shards.reader import open_shard
+
     for tar in tars:
-        with tarfile.open(tar, "r:") as tf:
+        with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
             pending: dict[str, dict] = {}
             for m in tf:
                 if not m.isfile():

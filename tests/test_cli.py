@@ -11,6 +11,7 @@ from fakeforge.cli import main
 def _sections(text: str) -> dict[str, list[str]]:
     """`fakeforge ls` output -> section title -> the names in its rows."""
     sections: dict[str, list[str]] = {}
+    title = ""
     for line in text.splitlines():
         if line.startswith("  "):
             sections[title].append(line.split()[0])

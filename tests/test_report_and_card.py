@@ -75,8 +75,10 @@ def test_dataset_card_loads_with_hugging_face_datasets(built, tmp_path):
 
     data = tmp_path / "demo"
     shutil.copytree(built[0], data)
-    card = write_dataset_card(data)
-    text = card.read_text()
+    for generated in ("README.md", "_card"):  # the build wrote them; write them again here
+        shutil.rmtree(data / generated) if (data / generated).is_dir() else (data / generated).unlink()
+    assert write_dataset_card(data) == str(data / "README.md")
+    text = (data / "README.md").read_text()
     assert text.startswith("---\n") and "config_name: sd2" in text and "tiny random-weight twins" in text
     grid = Image.open(data / "_card" / "sd2.png")
     assert grid.size == (4 * 128, 4 * 128) and np.asarray(grid).std() > 5  # 16 real tiles, not blank
@@ -113,3 +115,11 @@ def test_balanced_accuracy_does_not_reward_calling_everything_fake():
     sets["coco"]["accuracy"] = 0.9
     sets["fake0"]["accuracy"] = 0.5
     assert abs(balanced_accuracy(summary) - 0.5 * (0.9 + 0.9)) < 1e-12
+
+
+def test_the_build_writes_its_card_with_the_audit(built):
+    data = built[0]
+    text = (data / "README.md").read_text()
+    assert "## Sets" in text and "| sd2 | fake | 16 |" in text and "| coco_demo | real | 16 |" in text
+    assert "## Shortcut audit" in text and "| coco_demo | sd2 |" in text  # the real/fake pair was audited
+    assert "![sd2](_card/sd2.png)" in text and (data / "_card" / "coco_demo.png").is_file()

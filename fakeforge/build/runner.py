@@ -222,10 +222,31 @@ def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging,
     state.wait_for_everyone()
     if state.is_main_process:
         failures += _finish(resolved, store, plans, out_plan, versions, summary)
+        if not failures:
+            _write_card(store)
     _log_summary(summary)
     if failures:
         raise BuildFailed("\n".join(failures))
     return summary
+
+
+def _write_card(store: Store) -> None:
+    """The dataset card (README.md, sample grids) with the shortcut audit of its real/fake set pairs. It
+    describes a finished dataset, so a problem here is logged, never a reason to fail the build."""
+    from fakeforge.audit import audit_sets, load_specs
+    from fakeforge.shards.card import write_dataset_card
+
+    location = str(store.url())
+    try:
+        sets = load_specs([str(location)], max_samples=200)
+        labels = {s.label for s in sets if s.rows}
+        audit = audit_sets(sets) if {"real", "fake"} <= labels else None
+        if audit and audit["flagged"]:
+            log.warning("shortcut audit: format features alone separate %s (see the dataset card)",
+                        ", ".join(audit["flagged"]))
+        log.info("dataset card: %s", write_dataset_card(location, audit=audit))
+    except Exception as exc:  # noqa: BLE001 - the data is complete; only its description failed
+        log.warning("could not write the dataset card: %s: %s", type(exc).__name__, exc)
 
 
 def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[str]:

@@ -8,7 +8,6 @@ and what is known to differ between the real and the fake sets (the shortcut aud
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tarfile
 from pathlib import Path
@@ -42,10 +41,12 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def _first_samples(tars: list[Path], n: int) -> list[tuple[str, bytes]]:
+def _first_samples(tars: list, n: int) -> list[tuple[str, bytes]]:
+    from fakeforge.shards.reader import open_shard
+
     out: list[tuple[str, bytes]] = []
     for tar in tars:
-        with tarfile.open(tar, "r:") as tf:
+        with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
             for m in tf:
                 key, _, ext = Path(m.name).name.partition(".")
                 if m.isfile() and ext.lower() in ("jpg", "jpeg", "png", "webp"):
@@ -55,8 +56,9 @@ def _first_samples(tars: list[Path], n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def write_sample_grid(out_dir: str | Path, set_name: str, tars: list[Path], n: int = 16, cell: int = 128) -> Path | None:
-    """`OUT/_card/<set>.png`: the first `n` images of a set in a grid of `cell`-pixel tiles."""
+def write_sample_grid(store, set_name: str, tars: list, n: int = 16, cell: int = 128) -> str | None:
+    """`_card/<set>.png` in the dataset `store`: the first `n` images of a set in a grid of `cell`-pixel
+    tiles; returns its path relative to the dataset (None for a set without images)."""
     from fakeforge.images import ImageLoadError, load_rgb
 
     samples = _first_samples(tars, n)
@@ -72,10 +74,11 @@ def write_sample_grid(out_dir: str | Path, set_name: str, tars: list[Path], n: i
             continue
         img.thumbnail((cell, cell))
         grid.paste(img, ((i % cols) * cell + (cell - img.width) // 2, (i // cols) * cell + (cell - img.height) // 2))
-    path = Path(out_dir) / GRID_DIR / f"{set_name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    rel = f"{GRID_DIR}/{set_name}.png"
+    store.write_bytes(rel, buf.getvalue())
+    return rel
 
 
 def _set_rows(manifest: dict, build: dict) -> list[dict]:
@@ -156,23 +159,23 @@ def dataset_card(manifest: dict, build: dict, audit: dict | None = None, grids: 
     return "\n".join(lines)
 
 
-def write_dataset_card(out_dir: str | Path, audit: dict | None = None, grids: bool = True) -> Path:
-    """Write `OUT/README.md` (and the sample grids) from `manifest.json` and `build_config.yaml`."""
+def write_dataset_card(out_dir: str | Path, audit: dict | None = None, grids: bool = True) -> str:
+    """Write `OUT/README.md` (and the sample grids) from `manifest.json` and `build_config.yaml`; OUT may
+    be a local folder or an fsspec URL. Returns where the card was written."""
     from fakeforge.shards.reader import find_sets
+    from fakeforge.shards.store import Store
 
-    out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / "manifest.json").read_text())
-    build_file = out_dir / "build_config.yaml"
-    build = yaml.safe_load(build_file.read_text()) if build_file.is_file() else {}
+    store = Store(out_dir, "dataset")
+    manifest = store.read_json("manifest.json")
+    if manifest is None:
+        raise FileNotFoundError(f"no manifest.json in '{store}': the build did not finish (rerun the build command)")
+    build = yaml.safe_load(store.read_bytes("build_config.yaml") or b"") or {}
     grid_paths: dict[str, str] = {}
-    if grids:
-        tars = find_sets(out_dir) if manifest.get("sets") else {}
-        for name in manifest.get("sets", {}):
-            p = write_sample_grid(out_dir, name, tars.get(name, []))
-            if p is not None:
-                grid_paths[name] = p.relative_to(out_dir).as_posix()
-    path = out_dir / CARD
-    tmp = path.with_name(CARD + ".tmp")
-    tmp.write_text(dataset_card(manifest, build or {}, audit, grid_paths))
-    tmp.replace(path)
-    return path
+    if grids and manifest.get("sets"):
+        tars = find_sets(str(out_dir))
+        for name in manifest["sets"]:
+            rel = write_sample_grid(store, name, tars.get(name, []))
+            if rel is not None:
+                grid_paths[name] = rel
+    store.write_bytes(CARD, dataset_card(manifest, build, audit, grid_paths).encode())
+    return store.show(CARD)
