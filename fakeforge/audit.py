@@ -250,7 +250,7 @@ def add_arguments(parser) -> None:
                         help=f"flag pairs whose shortcut AUC is at least this (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--max-samples", type=int, default=500, help="files read per set (default 500)")
     parser.add_argument("--out", default=None, help="also write the report as JSON (and .md beside it)")
-    parser.epilog = ("examples:\n  fakeforge audit runs/demo\n  fakeforge audit coco=real:data/coco/val2017 runs/t2i/sd2\n"
+    parser.epilog = ("examples:\n  fakeforge audit runs/default\n  fakeforge audit coco=real:data/coco/val2017 runs/t2i/sd2\n"
                      "Exit status: 0 when no pair is flagged, 1 when some pair is, 2 on bad input.")
 
 

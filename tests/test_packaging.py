@@ -72,7 +72,7 @@ def test_wheel_install_has_configs_and_builds_outside_the_checkout(tmp_path, tin
     build = subprocess.run([str(fakeforge), "build", "--tiny", "--no-progress"], cwd=work, env=env,
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-2000:]
-    verify = subprocess.run([str(fakeforge), "verify", "runs/demo"], cwd=work, env=env, capture_output=True,
+    verify = subprocess.run([str(fakeforge), "verify", "runs/default"], cwd=work, env=env, capture_output=True,
                             text=True)
     assert verify.returncode == 0 and verify.stdout.startswith("OK"), verify.stderr
 

@@ -11,7 +11,7 @@ from fakeforge.config import ConfigError
 log = logging.getLogger("fakeforge.build")
 
 BUILD_EPILOG = """examples:
-  fakeforge build --tiny                                  # embedded demo source, tiny twins, runs/demo
+  fakeforge build --tiny                                  # embedded demo source, tiny twins, runs/default
   fakeforge build --config antifakeprompt_test --tiny --demo-data   # dry-run a paper recipe anywhere
   fakeforge build --config configs/build/my.yaml --set sets.1.generator.num_inference_steps=30
   accelerate launch build_dataset.py --config antifakeprompt_test   # one process per GPU

@@ -70,7 +70,7 @@ class BuildConfig:
         exit, and `verify` rejects it); 1.0 accepts any number of failures.
     """
 
-    output: str = "runs/demo"
+    output: str = "runs/default"
     seed: int = 0
     source: SourceConfig = field(default_factory=SourceConfig)
     image: ImagePolicy = field(default_factory=ImagePolicy)

@@ -208,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dirs", nargs="+", metavar="DIR",
                         help="built dataset folder(s) or URL(s) (s3://bucket/prefix) holding manifest.json")
     parser.add_argument("--no-hash", action="store_true", help="skip the sha256 check (faster)")
-    parser.epilog = "example:\n  fakeforge verify runs/demo"
+    parser.epilog = "example:\n  fakeforge verify runs/default"
 
 
 def run(args: argparse.Namespace) -> int:
