@@ -26,11 +26,13 @@ class MIFGSM(TorchattacksAttack):
         >>> adv = attack(images, labels)
     """
 
+    attack_name = "mifgsm"  # the momentum variants below reuse these checks under their own name
+
     def __init__(self, model=None, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  decay: float = 1.0, target_class: int | None = None):
-        super().__init__("mifgsm", model, eps, target_class)
-        check_steps("mifgsm", alpha, steps)
-        check_number("mifgsm.decay", decay, 0.0, None)
+        super().__init__(self.attack_name, model, eps, target_class)
+        check_steps(self.attack_name, alpha, steps)
+        check_number(f"{self.attack_name}.decay", decay, 0.0, None)
         self.alpha, self.steps, self.decay = alpha, steps, decay
 
     def make(self, ta):

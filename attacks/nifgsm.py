@@ -1,11 +1,10 @@
 """NI-FGSM: MI-FGSM with a Nesterov look-ahead."""
 from __future__ import annotations
 
-from attacks.base import check_number
-from attacks.gradient import TorchattacksAttack, check_steps
+from attacks.mifgsm import MIFGSM
 
 
-class NIFGSM(TorchattacksAttack):
+class NIFGSM(MIFGSM):
     r"""NI-FGSM, "Nesterov Accelerated Gradient and Scale Invariance for Adversarial Attacks"
     (Lin et al., ICLR 2020, https://arxiv.org/abs/1908.06281).
 
@@ -27,12 +26,7 @@ class NIFGSM(TorchattacksAttack):
         >>> adv = attack(images, labels)
     """
 
-    def __init__(self, model=None, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 decay: float = 1.0, target_class: int | None = None):
-        super().__init__("nifgsm", model, eps, target_class)
-        check_steps("nifgsm", alpha, steps)
-        check_number("nifgsm.decay", decay, 0.0, None)
-        self.alpha, self.steps, self.decay = alpha, steps, decay
+    attack_name = "nifgsm"  # hyperparameters and their checks: those of MI-FGSM
 
     def make(self, ta):
         return ta.NIFGSM(self.model, eps=self.eps, alpha=self.alpha, steps=self.steps, decay=self.decay)

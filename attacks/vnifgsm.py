@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from attacks.base import check_number
-from attacks.gradient import TorchattacksAttack, check_steps
+from attacks.mifgsm import MIFGSM
 
 
-class VNIFGSM(TorchattacksAttack):
+class VNIFGSM(MIFGSM):
     r"""VNI-FGSM, "Enhancing the Transferability of Adversarial Attacks through Variance Tuning"
     (Wang & He, CVPR 2021, https://arxiv.org/abs/2103.15571).
 
@@ -29,14 +29,14 @@ class VNIFGSM(TorchattacksAttack):
         >>> adv = attack(images, labels)
     """
 
+    attack_name = "vnifgsm"
+
     def __init__(self, model=None, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
                  decay: float = 1.0, N: int = 5, beta: float = 3 / 2, target_class: int | None = None):
-        super().__init__("vnifgsm", model, eps, target_class)
-        check_steps("vnifgsm", alpha, steps)
-        check_number("vnifgsm.decay", decay, 0.0, None)
+        super().__init__(model, eps, alpha, steps, decay, target_class)
         check_number("vnifgsm.N", N, 1, 1000, integer=True)
         check_number("vnifgsm.beta", beta, 0.0, None, lo_open=True)
-        self.alpha, self.steps, self.decay, self.N, self.beta = alpha, steps, decay, N, beta
+        self.N, self.beta = N, beta
 
     def make(self, ta):
         return ta.VNIFGSM(self.model, eps=self.eps, alpha=self.alpha, steps=self.steps, decay=self.decay,

@@ -18,7 +18,6 @@ import datetime
 import json
 import logging
 import pickle
-import platform
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 
 from detector.antifakeprompt import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID, AntifakePrompt, AntifakePromptConfig
 from detector.base import FIT_GRADIENT, CheckpointError, Preprocess
+from fakeforge import versions
 from fakeforge.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,8 @@ ROW_ONLY_FIELDS = ("seed", "init_word", "row_init", "row_init_std", "scoring", "
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the detector's numbers."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("fakeforge", "torch", "transformers", "tokenizers", "accelerate", "safetensors", "webdataset"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return versions.library_versions(("fakeforge", "torch", "transformers", "tokenizers", "accelerate",
+                                      "safetensors", "webdataset"), missing="not installed")
 
 
 def default_preprocess(detector: AntifakePrompt) -> dict:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
 from pathlib import Path
 
 import torch
 
 from detector.base import CheckpointError, Detector, Preprocess
+from fakeforge import versions
 from fakeforge.config import ConfigError, from_dict, to_dict
 
 FORMAT = "fakeforge.detector"
@@ -39,15 +39,8 @@ CARD_FILE = "README.md"
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a detector's numbers."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("fakeforge", "torch", "transformers", "timm", "open_clip_torch", "scikit-learn", "safetensors"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return versions.library_versions(("fakeforge", "torch", "transformers", "timm", "open_clip_torch",
+                                      "scikit-learn", "safetensors"), missing="not installed")
 
 
 def _write_text(path: Path, text: str) -> None:

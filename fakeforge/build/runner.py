@@ -22,7 +22,6 @@ import gc
 import hashlib
 import json
 import logging
-import platform
 import shutil
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from fakeforge import __version__
+from fakeforge import __version__, versions
 from fakeforge.build import identity
 from fakeforge.build.config import ResolvedBuild, ResolvedSet
 from fakeforge.build.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
@@ -68,16 +67,8 @@ def install_sigterm_handler() -> None:
 
 def library_versions() -> dict:
     """Versions recorded in every sample's metadata."""
-    import importlib.metadata as md
-
-    out = {"fakeforge": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "diffusers", "transformers", "webdataset", "pillow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
+    return {"fakeforge": __version__, **versions.library_versions(("torch", "diffusers", "transformers",
+                                                                      "webdataset", "pillow"))}
 
 def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
                ) -> list[tuple[ResolvedSet, list[ShardJob]]]:

@@ -65,6 +65,22 @@ def filesystem_for(url: str, what: str = "output"):
     return fsspec.core.url_to_fs(url)
 
 
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write `data` under a temp name unique to this process, fsync, rename: readers see the old file or
+    the whole new one, and an interruption leaves no temp file behind."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class Store:
     """A dataset root (local folder or fsspec URL); every path argument is relative to it."""
 
@@ -209,13 +225,7 @@ class Store:
 
     def write_json(self, rel: str, data: dict) -> None:
         """Replace `rel` with `data` as a whole: local temp file + fsync + rename; one PUT on object stores."""
-        if self.local:
-            from fakeforge.shards.writer import write_json_atomic
-
-            Path(self.path(rel)).parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(Path(self.path(rel)), data)
-        else:
-            self.fs.pipe_file(self.path(rel), json.dumps(data, indent=1).encode())
+        self.write_bytes(rel, json.dumps(data, indent=1).encode())
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Replace `rel` with `data` as a whole (local: a temp name unique to this process, fsync, rename)."""
@@ -224,16 +234,7 @@ class Store:
             return
         path = Path(self.path(rel))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_file_atomic(path, data)
 
     def upload(self, local_file: Path, rel: str) -> int:
         """Move a finished local file to `rel` and return its size. Local: an atomic rename in the same

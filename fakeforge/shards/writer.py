@@ -24,7 +24,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from fakeforge.shards.store import Store
+from fakeforge.shards.store import Store, write_file_atomic
 
 STATS_SUFFIX = ".stats.json"
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -188,16 +188,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON under a temp name, fsync, rename; an interruption leaves no temp file behind."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, json.dumps(data, indent=1).encode())
 
 
 class ShardSink:

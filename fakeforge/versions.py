@@ -1,0 +1,17 @@
+"""Library versions recorded beside what fakeforge writes (sample metadata, checkpoints, reports)."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+from typing import Iterable
+
+
+def library_versions(packages: Iterable[str], missing: str | None = None) -> dict[str, str | None]:
+    """`{"python": X.Y.Z, package: version}` for each of `packages` in order; `missing` for one not installed."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = missing
+    return out
