@@ -236,6 +236,19 @@ def test_missing_checkpoint_message(monkeypatch):
         generator_config(load_preset("stylegan_xl"))
 
 
+def test_persistent_ids_are_refused():
+    """A persistent id points outside the pickle stream (torch.load resolves them to storages); the reader
+    takes tensors only through `_load_from_bytes`, so any persistent id is refused."""
+    class WithPersistentId(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "storage-0" if obj == "outside" else None
+
+    buf = io.BytesIO()
+    WithPersistentId(buf, protocol=2).dump({"G_ema": "outside"})
+    with pytest.raises(UnsafePickleError, match="persistent ids are refused"):
+        NetworkPickleReader(io.BytesIO(buf.getvalue())).load()
+
+
 def test_reader_is_a_plain_unpickler_for_plain_data():
     data = {"a": [1, 2.5, "x", (3, None)], "t": torch.arange(3.0), "n": np.arange(4, dtype=np.int16)}
     out = NetworkPickleReader(io.BytesIO(pickle.dumps(data, protocol=2))).load()
