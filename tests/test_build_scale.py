@@ -186,6 +186,7 @@ def test_raising_the_limit_keeps_finished_shards_and_equals_a_clean_build(tmp_pa
     small = _digests(tmp_path / "out" / "real")
     assert sorted(small) == ["000000.tar", "000001.tar", "000002.tar"]
     small_keys = keys_of(tmp_path / "out")
+    small_hash = json.loads((tmp_path / "out" / "manifest.json").read_text())["config_hash"]
 
     grown = _build(cfg, tiny_dir, overrides=["source.limit=80"])
     assert grown["shards_skipped"] == 2 and grown["shards_redone"] == 1 and grown["written"] == 48
@@ -203,6 +204,7 @@ def test_raising_the_limit_keeps_finished_shards_and_equals_a_clean_build(tmp_pa
     assert [t["sha256"] for t in ours["sets"]["real"]["tars"]][2:] == \
         [t["sha256"] for t in theirs["sets"]["real"]["tars"]][2:]
     assert ours["config_hash"] == theirs["config_hash"] and verify_dataset(tmp_path / "out")["samples"] == 80
+    assert ours["config_hash"] != small_hash, "a grown set is another dataset: its hash changes"
     with pytest.raises(ConfigError, match=r"set 'real' in '.*' holds a plan of 80 samples \(limit 80\), this config "
                                           r"plans 40 \(limit 40\): a set only grows; rerun with --rebuild-set real"):
         _build(cfg, tiny_dir)
@@ -290,6 +292,24 @@ def test_a_file_url_output_is_the_local_folder(tmp_path, tiny_dir):
     build(resolved, progress=False)
     assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "file:").exists()
     assert verify_dataset(f"file://{tmp_path}/out")["samples"] == 2
+
+
+def test_credentials_in_an_output_url_are_written_nowhere(tmp_path, tiny_dir):
+    """A `user:password@` part of an output URL (ftp://, https:// and other fsspec protocols take
+    credentials there) is removed from everything the build writes. memory:// (fsspec's in-process store)
+    keeps the whole URL as its path, which makes it a real remote store for this check."""
+    import fsspec
+
+    url = "memory://alice:hunter2@bucket-creds/ds"
+    cfg = write_build_config(tmp_path / "c.yaml", url, [REAL], {"kind": "demo", "limit": 2})
+    fs = fsspec.filesystem("memory")
+    try:
+        assert _build(cfg, tiny_dir)["written"] == 2
+        written = {p: fs.cat_file(p) for p in fs.find("/alice:hunter2@bucket-creds/ds")}
+        assert {p.rsplit("/", 1)[-1] for p in written} >= {"build_config.yaml", "manifest.json", "000000.tar"}
+        assert [p for p, data in written.items() if b"hunter2" in data] == []
+    finally:
+        fs.rm("/alice:hunter2@bucket-creds", recursive=True)
 
 
 def test_a_swap_cut_short_is_finished_by_the_next_run(tmp_path, tiny_dir):

@@ -94,7 +94,7 @@ def test_folder_source_captions_labels_and_hostile_files(tmp_path, tiny_dir):
 
 def test_frame_folders_sampling_and_videos_without_readable_frames(tmp_path):
     root = tmp_path / "dfdc"
-    for name, n in (("vid_a", 10), ("vid_b", 3)):
+    for name, n in (("vid_a", 12), ("vid_b", 3)):
         (root / "part0" / name).mkdir(parents=True)
         for i in range(n):
             (root / "part0" / name / f"frame_{i}.png").write_bytes(png_bytes(colour=(i * 20, 0, 0)))
@@ -108,12 +108,13 @@ def test_frame_folders_sampling_and_videos_without_readable_frames(tmp_path):
     by_video = {}
     for r in recs:
         by_video.setdefault(r.image_id, []).append(r)
-    assert [r.extra["frame_file"] for r in by_video["part0/vid_a"]] == ["frame_2.png", "frame_7.png"]
+    # frame order is numeric (frame_2 before frame_10), so evenly spaced picks are evenly spaced in time
+    assert [r.extra["frame_file"] for r in by_video["part0/vid_a"]] == ["frame_3.png", "frame_9.png"]
     assert [r.extra["frame_index"] for r in by_video["part0/vid_b"]] == [0, 2]
     assert "has no readable frames" in by_video["part0/vid_empty"][0].error
     assert "found e.g. video.mp4" in by_video["part0/vid_mp4"][0].error
     assert all("no readable frames among the 2 sampled" in r.error for r in by_video["part0/vid_bad"])
-    assert len(load_records(source(kind="frames", images_dir=str(root), label="fake"), tmp_path)) == 10 + 3 + 2 + 2
+    assert len(load_records(source(kind="frames", images_dir=str(root), label="fake"), tmp_path)) == 12 + 3 + 2 + 2
     assert evenly_spaced(300, 4) == [37, 112, 187, 262] and evenly_spaced(2, 5) == [0, 1]
 
 
@@ -158,6 +159,8 @@ def test_shard_source_reads_members_by_key_and_never_trusts_member_paths(tmp_pat
     assert all(p.parts[:3] == ("w", "_sources", "shards-some_set") for p in written), written
     assert not (tmp_path / "escape.png").exists() and not (tmp_path.parent / "escape.png").exists()
     assert "outside the limit" in by_id["000000/bomb"].error
+    assert by_id["000000/bomb"].image_path is None, "a member that fails its header check is never written out"
+    assert not [p for p in written if "bomb" in p.name], written
     assert by_id["000000/../../escape"].image_path.endswith("000000_______escape.png")
     assert Image.open(by_id["000000/sub/s2"].image_path).getpixel((0, 0)) == (1, 2, 3)
 
@@ -171,7 +174,10 @@ def test_oversized_archive_member_is_refused_before_it_is_read(tmp_path, monkeyp
         _add(tf, "big.png", png_bytes(size=(64, 64)))
     monkeypatch.setattr(downloads, "MAX_IMAGE_BYTES", 100)
     (rec,) = load_records(source(kind="shards", images_dir=str(root), label="fake"), tmp_path / "w")
-    assert "more than the 100 byte limit" in rec.error and rec.image_path is None
+    # refused by the member size from the tar header, before any byte is read (the header check of bytes
+    # already read would name the 'image', not the 'archive member')
+    assert rec.error.startswith("archive member 'a.tar:big.png' is ") and "more than the 100 byte limit" in rec.error
+    assert rec.image_path is None
 
 
 def write_diffusiondb(root, rows, parts):

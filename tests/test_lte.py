@@ -179,6 +179,30 @@ def test_wrong_files_give_clear_config_errors(tmp_path, edsr_file, kind, match):
         load_lte(path)
 
 
+class RunsCode:
+    """Unpickling this calls `func(*args)`: the classic pickle code-execution payload."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, edsr_file):
+    """An official-layout torch.save checkpoint with a code-running object inside (a tampered download):
+    torch.load(weights_only=True) refuses it before anything runs."""
+    import os
+
+    marker = tmp_path / "ran"
+    ckpt = torch.load(edsr_file, weights_only=True)
+    ckpt["epoch"] = RunsCode(os.system, f"touch {marker}")
+    torch.save(ckpt, tmp_path / "evil.pth")
+    with pytest.raises(ConfigError, match=r"torch.load.weights_only=True. failed"):
+        load_lte(tmp_path / "evil.pth")
+    assert not marker.exists(), "the checkpoint ran code"
+
+
 # ---------------------------------------------------------------- generator on the tiny twin
 
 

@@ -63,7 +63,10 @@ def test_paper_test_config_lists_every_column_and_skips_absent_downloads(caplog)
                  and s["generator"].get("type") == "download"]
     assert {s["name"] for s in downloads} == {"dalle2", "dalle3", "diffusiondb", "glide", "deeperforensics", "dfdc",
                                                "ffpp", "ffpp_real"}
-    assert all(s.get("optional") and s["source"]["label"] in ("real", "fake") for s in downloads)
+    assert all(s.get("optional") for s in downloads)
+    assert {s["name"]: s["source"]["label"] for s in downloads} == {                    # FF++ originals are real
+        "dalle2": "fake", "dalle3": "fake", "diffusiondb": "fake", "glide": "fake", "deeperforensics": "fake",
+        "dfdc": "fake", "ffpp": "fake", "ffpp_real": "real"}
     with caplog.at_level(logging.WARNING, logger="fakeforge.build"):
         resolved = resolve_build("antifakeprompt_test", tiny=True)          # no data/ here: downloads skipped
     assert sorted(resolved.skipped) == sorted(s["name"] for s in downloads)

@@ -30,9 +30,10 @@ class RunsCode:
         return self.func, self.args
 
 
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])   # 2 names builtins '__builtin__'
 @pytest.mark.parametrize("payload", ["os.system", "builtins.exec", "builtins.getattr", "subprocess.call",
                                      "nested", "numpy_object"])
-def test_pickles_that_would_run_code_are_refused_and_nothing_runs(tmp_path, payload):
+def test_pickles_that_would_run_code_are_refused_and_nothing_runs(tmp_path, payload, protocol):
     marker = tmp_path / "pwned"
     shell = f"touch {marker}"
     import subprocess
@@ -44,7 +45,7 @@ def test_pickles_that_would_run_code_are_refused_and_nothing_runs(tmp_path, payl
            "nested": {"G_ema": {"state": [1, RunsCode(os.system, shell)]}},
            "numpy_object": np.array([RunsCode(os.system, shell)], dtype=object)}[payload]
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps(obj, protocol=2))
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
     with pytest.raises(UnsafePickleError, match="refused"):
         read_network_pickle(path)
     assert not marker.exists(), "the refused pickle ran code"
@@ -234,6 +235,19 @@ def test_missing_checkpoint_message(monkeypatch):
     monkeypatch.delenv("FAKEFORGE_SGXL_MODEL", raising=False)
     with pytest.raises(MissingCheckpointError, match="imagenet256.pkl.*autonomousvision/stylegan-xl"):
         generator_config(load_preset("stylegan_xl"))
+
+
+def test_persistent_ids_are_refused():
+    """A persistent id points outside the pickle stream (torch.load resolves them to storages); the reader
+    takes tensors only through `_load_from_bytes`, so any persistent id is refused."""
+    class WithPersistentId(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "storage-0" if obj == "outside" else None
+
+    buf = io.BytesIO()
+    WithPersistentId(buf, protocol=2).dump({"G_ema": "outside"})
+    with pytest.raises(UnsafePickleError, match="persistent ids are refused"):
+        NetworkPickleReader(io.BytesIO(buf.getvalue())).load()
 
 
 def test_reader_is_a_plain_unpickler_for_plain_data():
