@@ -294,7 +294,7 @@ def test_a_file_url_output_is_the_local_folder(tmp_path, tiny_dir):
     assert verify_dataset(f"file://{tmp_path}/out")["samples"] == 2
 
 
-def test_credentials_in_an_output_url_are_written_nowhere(tmp_path, tiny_dir):
+def test_credentials_in_an_output_url_are_written_nowhere(tmp_path, tiny_dir, capsys):
     """A `user:password@` part of an output URL (ftp://, https:// and other fsspec protocols take
     credentials there) is removed from everything the build writes. memory:// (fsspec's in-process store)
     keeps the whole URL as its path, which makes it a real remote store for this check."""
@@ -308,6 +308,12 @@ def test_credentials_in_an_output_url_are_written_nowhere(tmp_path, tiny_dir):
         written = {p: fs.cat_file(p) for p in fs.find("/alice:hunter2@bucket-creds/ds")}
         assert {p.rsplit("/", 1)[-1] for p in written} >= {"build_config.yaml", "manifest.json", "000000.tar"}
         assert [p for p, data in written.items() if b"hunter2" in data] == []
+        # verify reads with the URL as given (credentials included) and prints it without them
+        from fakeforge.cli import main
+
+        assert main(["verify", url]) == 0
+        out = capsys.readouterr()
+        assert out.out.startswith("OK memory://bucket-creds/ds:") and "hunter2" not in out.out + out.err
     finally:
         fs.rm("/alice:hunter2@bucket-creds", recursive=True)
 

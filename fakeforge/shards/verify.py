@@ -216,16 +216,16 @@ def run(args: argparse.Namespace) -> int:
 
     status = 0
     for d in args.dirs:
-        d = redact_url(d)
+        shown = redact_url(d)  # credentials in a URL are used for reading, never printed
         try:
             s = verify_dataset(d, check_hashes=not args.no_hash)
             sets = ", ".join(f"{k}={v}" + (f" ({s['failed'][k]} failed)" if s["failed"].get(k) else "")
                              for k, v in s["sets"].items())
             failed = sum(s["failed"].values())
-            print(f"OK {d}: {s['samples']} samples in {s['tars']} tars ({sets})"
+            print(f"OK {shown}: {s['samples']} samples in {s['tars']} tars ({sets})"
                   + (f"; {failed} failed samples within the build's budget, listed in */*.stats.json" if failed
                      else ""))
         except VerifyError as exc:
-            print(f"FAILED {d}: {exc}", file=sys.stderr)
+            print(f"FAILED {shown}: {exc}", file=sys.stderr)
             status = 1
     return status
