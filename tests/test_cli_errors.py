@@ -38,11 +38,13 @@ BAD_OVERRIDES = [
 
 
 @pytest.mark.parametrize("override,message", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
-def test_bad_values_are_one_line_with_exit_2_before_any_work(good_cfg, tmp_path, capsys, override, message):
+def test_bad_values_are_one_line_with_exit_2_before_any_work(good_cfg, tmp_path, capsys, monkeypatch, override,
+                                                             message):
+    monkeypatch.chdir(tmp_path)  # `output=` must not write into the current folder (nor into the checkout)
     assert cli_main(["build", "--config", str(good_cfg), "--set", override]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [f"fakeforge build: error: {message}"], err
-    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml"], "nothing is written"
 
 
 def test_several_problems_are_all_listed(good_cfg, capsys):

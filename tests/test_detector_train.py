@@ -151,8 +151,8 @@ def test_official_schedule_first_step_and_cosine_per_epoch():
 
 def test_best_is_the_lowest_validation_loss_when_it_rises_later(run, tmp_path, capsys):
     """Continue the run (--resume-force) on training data with the labels flipped: the validation loss rises
-    in the later epochs, best/ must stay the checkpoint with the lowest one, and config.yaml and the
-    optimizer hold the new values."""
+    from the first epoch after the resume on, so best/ must stay the checkpoint saved before the resume (the
+    best loss is carried across it), and config.yaml and the optimizer hold the new values."""
     from detector.checkpoint import load_checkpoint
     from detector.data import build_transform, parse_set_specs
     from detector.train_config import lr_at
@@ -163,19 +163,20 @@ def test_best_is_the_lowest_validation_loss_when_it_rises_later(run, tmp_path, c
     flipped = tmp_path / "flipped"
     write_set(flipped / "coco", "real", 24, seed=0, labels=["fake"] * 24)
     write_set(flipped / "sd2", "fake", 24, seed=1, labels=["real"] * 24)
-    args = _args(out, flipped, "--set", f"data.val=[{run['val']}]", "--set", "train.epochs=5", "--set", "optim.lr=0.1",
+    args = _args(out, flipped, "--set", f"data.val=[{run['val']}]", "--set", "train.epochs=5", "--set", "optim.lr=0.3",
                  "--resume")
     import train
 
     assert train.main(args) == 2
     err = capsys.readouterr().err
-    assert "--resume-force" in err and "optim.lr: 0.05 -> 0.1" in err and "data.train" in err
+    assert "--resume-force" in err and "optim.lr: 0.05 -> 0.3" in err and "data.train" in err
     assert train.main(args + ["--resume-force"]) == 0
     val = [(int(r["epoch"]), float(r["val_loss"])) for r in _metrics(out) if r["split"] == "val"]
     assert [e for e, _ in val] == [1, 2, 3, 4, 5]
     losses = [v for _, v in val]
     best_epoch = 1 + int(np.argmin(losses))
     assert losses[-1] > min(losses) + 0.05 and best_epoch < 5, f"validation loss did not rise: {losses}"
+    assert losses[3] > min(losses[:3]) + 0.05, f"the first epoch after the resume should be worse: {losses}"
     meta = json.loads((out / "best" / "detector.json").read_text())
     assert meta["training"]["epoch"] == best_epoch
     assert meta["training"]["val_loss"] == pytest.approx(min(losses), rel=1e-4)
@@ -194,15 +195,16 @@ def test_best_is_the_lowest_validation_loss_when_it_rises_later(run, tmp_path, c
                 tokens += len(target[0])
         assert total / tokens == pytest.approx(expected, rel=1e-4), folder
     cfg = load_yaml(out / "config.yaml")
-    assert cfg["optim"]["lr"] == 0.1 and cfg["data"]["train"] == [str(flipped)]
+    assert cfg["optim"]["lr"] == 0.3 and cfg["data"]["train"] == [str(flipped)]
     state = torch.load(out / "last" / "training_state.pt", weights_only=True)
     from detector.train_config import OptimConfig
 
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr_at(OptimConfig(lr=0.1), 4, 5, 29, 5, 6))
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr_at(OptimConfig(lr=0.3), 4, 5, 29, 5, 6))
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(run, tmp_path):
-    """The same run, SIGKILLed after epoch 1 and resumed, ends with the rows of the uninterrupted run."""
+    """The same run, SIGKILLed after epoch 1 and resumed, ends with the rows, step count and learning-rate
+    schedule of the uninterrupted run."""
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", "antifakeprompt_tiny", "--out", str(out)]
     for o in run["overrides"]:
@@ -229,6 +231,15 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(run, tmp_path):
     for name in ("qformer_row", "lm_row"):
         assert torch.allclose(resumed[name], straight[name], atol=1e-6), name
     assert [r["epoch"] for r in _metrics(out) if r["split"] == "val"] == ["1", "2", "3"]
+    # the step counter and the schedule continue where they stopped (the killed run may have logged some
+    # epoch-2 rows before it died, so compare the rows the resumed part wrote: the last ones)
+    def schedule(folder):
+        return [(r["epoch"], r["step"], r["lr"]) for r in _metrics(folder) if r["split"] == "train"]
+
+    straight_rows = [r for r in schedule(run["out"]) if r[0] != "1"]
+    assert schedule(out)[-len(straight_rows):] == straight_rows
+    steps = [torch.load(f / "last" / "training_state.pt", weights_only=True)["step"] for f in (out, run["out"])]
+    assert steps == [EPOCHS * 6, EPOCHS * 6]
 
 
 def test_training_and_validation_samples_are_disjoint(tiny_instructblip, tmp_path, capsys):
