@@ -338,6 +338,7 @@ class Pipeline:
                 for f in comparison:
                     f.replace(self.out / "eval" / f.name)
                 shutil.rmtree(target)
+                print(f"    moved to {self.out / 'eval'}: {', '.join(names)}, comparison.*", flush=True)
             for n in names:
                 StageRecord(self.out, f"eval/{n}").write(digests[n], {"checkpoint": self.checkpoints[n][0], **inputs},
                                                         True)
