@@ -174,7 +174,7 @@ def test_official_lavis_layout_converts_loads_and_scores(tiny_instructblip, tmp_
     img.write_bytes(encode(make_image("real", np.random.default_rng(0)), "PNG"))
     assert fakeforge_main(["detect", "--checkpoint", str(out), "--img_path", str(img), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("precision: official")
+    assert lines[1].startswith("precision: official") and "ViT fp32, Q-Former fp32, LLM fp32 on cpu" in lines[1]
     assert "LM tokens: </s> ▁Is ▁this ▁photo ▁real [*] ▁?" in lines[2]
     assert "Q-Former tokens: [CLS] is this photo real [*] ? [SEP]" in lines[2]
     assert "mean [0.473, 0.4499, 0.4129]" in lines[3] and "datasets.textinv.vis_processor.eval" in lines[3]

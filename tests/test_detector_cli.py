@@ -173,6 +173,8 @@ def test_detect_prints_what_runs_first(ckpt, folders, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"checkpoint: {ckpt}")
     assert lines[1].startswith("precision: official") and "on cpu" in lines[1]
+    # the resolved dtypes of the three parts, not just the policy's name (official on CPU: all fp32, as LAVIS)
+    assert "ViT fp32, Q-Former fp32, LLM fp32" in lines[1]
     assert "LM tokens: </s> ▁Is ▁this ▁photo ▁real [*] ▁?" in lines[2]
     assert lines[3].startswith("preprocess: 32 px") and "mean [0.5, 0.5, 0.5]" in lines[3]
     assert lines[4].startswith("scoring: logits") and "image loading: fakeforge" in lines[4]

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from fakeforge.sources import SourceConfig, load_records
-from fakeforge.sources.photos import CROPS_PER_PHOTO, PHOTOS
+from fakeforge.sources.photos import CROPS_PER_PHOTO, PHOTOS, crop_index
 
 
 def test_photos_source_gives_distinct_real_photos_with_captions(tmp_path):
@@ -35,3 +35,14 @@ def test_photos_source_is_deterministic_and_selectable(tmp_path):
     pa = {r.image_id: Image.open(r.image_path).tobytes() for r in a}
     pb = {r.image_id: Image.open(r.image_path).tobytes() for r in b}
     assert pa == pb
+
+
+def test_train_and_test_splits_share_no_crop(tmp_path):
+    """The demo's held-out real images: `split: test` gives crops that `split: train` never gives, and together
+    they are every crop of every photo."""
+    ids = {split: {r.image_id for r in load_records(SourceConfig(kind="photos", split=split,
+                                                                 captions_per_image="all"), tmp_path)}
+           for split in ("train", "test", "all")}
+    assert ids["train"] and ids["test"] and not ids["train"] & ids["test"]
+    assert ids["train"] | ids["test"] == ids["all"] and len(ids["all"]) == len(PHOTOS) * CROPS_PER_PHOTO
+    assert {crop_index(i) for i in ids["test"]} == {4, 5}  # configs/build/demo_test.yaml documents crops 4-5

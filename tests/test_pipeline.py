@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from fakeforge.cli import main
@@ -28,7 +29,8 @@ def _write_configs(root: Path, epochs: int = 2) -> Path:
         "description": "tiny test pipeline", "output": "unused",
         "datasets": [{"name": "d", "build": str(build)}],
         "detectors": [{"name": "afp", "config": "antifakeprompt_tiny", "train_on": ["d"],
-                       "overrides": [f"train.epochs={epochs}", "data.val_fraction=0.25", "train.log_every=2"]}],
+                       "overrides": [f"train.epochs={epochs}", "data.val_fraction=0.25", "train.log_every=2"]},
+                      {"name": "untrained", "init_of": "afp"}],
         "evaluate": {"datasets": ["d"]}, "audit": False}))
     return pipe
 
@@ -75,6 +77,11 @@ def test_run_builds_trains_evaluates_and_reports(clean_run):
     cfg = yaml.safe_load((out / "train" / "afp" / "config.yaml").read_text())
     assert cfg["data"]["stats_file"] == str(out / "stats" / "afp.json")
     assert set(_table(out)) == {"coco_demo", "sd2"}
+    # init_of: the same detector before training, scored from the run's init/ (the demo's "untrained" row)
+    untrained = json.loads((out / "eval" / "untrained" / "results.json").read_text())
+    assert untrained["checkpoint"] == str(out / "train" / "afp" / "init")
+    init = _rows(out / "train" / "afp" / "init")
+    assert any(not (init[k] == _rows(out / "train" / "afp" / "best")[k]).all() for k in init)
     page = (out / "report" / "report.html").read_text()
     assert "tiny test pipeline" in page and "<td>afp</td>" in page
     stages = {p.stem: json.loads(p.read_text()) for p in (out / "stages").glob("*.json")}
@@ -96,13 +103,14 @@ def test_sigkill_mid_run_then_rerun_equals_a_clean_run(clean_run, tmp_path):
     proc = subprocess.Popen(_cmd(pipe, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     record = out / "stages" / "train__afp.json"
+    state = out / "train" / "afp" / "last" / "training_state.pt"
     deadline = time.time() + 600
-    while not record.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(4)  # well into training
+    while not state.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # kill right after epoch 1's checkpoint: the rerun must resume from last/, not restart
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a scheduler does
     proc.wait()
     assert not json.loads(record.read_text())["done"]
+    assert torch.load(state, weights_only=True)["epoch"] == 1, "the kill came too late to interrupt epoch 2"
     subprocess.run(_cmd(pipe, out), check=True, env=env, capture_output=True)
     assert _keys(out / "data" / "d") == _keys(clean / "data" / "d")
     a, b = _rows(out / "train" / "afp" / "best"), _rows(clean / "train" / "afp" / "best")
@@ -130,6 +138,29 @@ def test_bad_pipeline_configs_fail_before_any_work(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(raw))
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "evaluate.datasets names ['flickr'], which no dataset stage produces" in capsys.readouterr().err
+    raw = yaml.safe_load(pipe.read_text())
+    raw["detectors"][0]["train_on"] = ["d", "flickr/real"]
+    bad.write_text(yaml.safe_dump(raw))
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "detector 'afp': train_on names ['flickr/real'], which no dataset stage produces" in capsys.readouterr().err
     assert main(["run", "--config", str(pipe), "--out", str(tmp_path / "o"), "--rebuild", "train/nope"]) == 2
     assert "--rebuild ['train/nope']: no such stage" in capsys.readouterr().err
     assert not (tmp_path / "o" / "data").exists()
+
+
+@pytest.mark.slow
+def test_demo_trained_beats_untrained_on_held_out_data(tmp_path, tiny_dir, capsys):
+    """`fakeforge demo` (the README's first command): the trained detector clearly beats the same detector before
+    training (the run's init/) on the held-out test data, and the demo prints both and says what they mean."""
+    from fakeforge.pipeline import held_out_summary
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = {n: json.loads((out / "eval" / n / "results.json").read_text()) for n in ("antifakeprompt", "untrained")}
+    trained, untrained = held_out_summary(results["antifakeprompt"]), held_out_summary(results["untrained"])
+    assert trained["balanced"] >= untrained["balanced"] + 0.1, (trained, untrained)
+    assert trained["auc"] >= untrained["auc"] + 0.1, (trained, untrained)
+    assert results["untrained"]["checkpoint"] == str(out / "train" / "antifakeprompt" / "init")
+    assert "training adds +" in printed and "say nothing about real detectors" in printed
+    assert (out / "report" / "report.html").is_file() and (out / "data" / "test" / "README.md").is_file()

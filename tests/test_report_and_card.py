@@ -1,6 +1,8 @@
 """Evaluation reports (report.html / report.md) and the dataset card, on a real tiny build and eval."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -37,11 +39,18 @@ def test_report_puts_detectors_side_by_side_with_everything_inlined(built, tmp_p
     page = (tmp_path / "report.html").read_text()
     md = (tmp_path / "report.md").read_text()
     results = [json.loads((e / "results.json").read_text()) for e in evals]
-    for r in results:  # one table row per detector, with its own numbers
+    columns = list(results[0]["sets"])  # the report's column order: the first eval's sets
+    assert re.search(r"<tr><th>Method</th>" + "".join(rf"<th>{c}</th>" for c in columns) + "<th>Avg</th>", page)
+    for r in results:  # one table row per detector, with its own numbers, each under its own set's column
         row = re.search(rf"<tr><td>{r['method']}</td>(.*?)</tr>", page).group(1)
-        assert f"{100 * r['sets']['sd2']['accuracy']:.2f}" in row
-        assert f"{100 * r['average_accuracy']:.2f}" in row
-        assert f"| {r['method']} |" in md
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+        expected = [f"{100 * r['sets'][c]['accuracy']:.2f}" for c in columns] + [f"{100 * r['average_accuracy']:.2f}"]
+        assert cells[:len(expected)] == expected, (r["method"], cells)
+        assert f"| {r['method']} | {' | '.join(expected[:-1])} | **{expected[-1]}** |" in md
+        # the confusion matrix is its own plot (not the ROC again), a real PNG
+        roc = re.search(rf'<img src="([^"]+)" alt="ROC {r["method"]}">', page).group(1)
+        cm = re.search(rf'<img src="([^"]+)" alt="confusion {r["method"]}">', page).group(1)
+        assert cm != roc and Image.open(io.BytesIO(base64.b64decode(cm.split(",", 1)[1]))).format == "PNG"
     # plots and the 2 sets x 2 grids x 6 thumbnails are inlined: nothing points outside the file
     assert page.count("data:image/png;base64,") >= 5
     assert page.count("data:image/jpeg;base64,") == 24
