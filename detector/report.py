@@ -18,7 +18,6 @@ import html
 import io
 import json
 import math
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,18 +100,16 @@ def read_thumbnails(set_paths: dict[str, list[Path] | Path], wanted: dict[str, s
 
 
 def _tar_images(tars: list, keys: set[str]):
-    from fakeforge.shards.reader import open_shard
+    from fakeforge.shards.reader import IMAGE_KEYS, iter_members
 
     todo = set(keys)
-    for tar in tars:
+    if not todo:
+        return
+    for key, _ext, data in iter_members(tars, lambda key, ext: key in todo and ext in IMAGE_KEYS):
+        todo.discard(key)
+        yield key, data
         if not todo:
             return
-        with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
-            for m in tf:
-                key, _, ext = Path(m.name).name.partition(".")
-                if m.isfile() and key in todo and ext.lower() in ("jpg", "jpeg", "png", "webp"):
-                    todo.discard(key)
-                    yield key, tf.extractfile(m).read()
 
 
 def confidence_picks(samples: list[tuple[str, int, float]], k: int = GRID_SIZE) -> dict[str, list]:

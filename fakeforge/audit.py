@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import math
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,6 @@ FEATURES = ["log_width", "log_height", "log_aspect", "bytes_per_pixel", "format_
 FORMAT_FEATURES = [f for f in FEATURES if f != "bytes_per_pixel"]
 DEFAULT_THRESHOLD = 0.75
 _IJG_LUMA_SUM = 3688  # sum of the IJG standard luminance table, i.e. quality 50 (scale 100 %)
-_IMAGE_MEMBERS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def jpeg_quality(img: Image.Image) -> float:
@@ -79,28 +77,20 @@ class AuditSet:
 
 def _iter_tar_samples(tars: list):
     """(image bytes, json dict or None) per sample of tar shards (local or URL, streamed), in order."""
-    from fakeforge.shards.reader import open_shard
+    from fakeforge.shards.reader import IMAGE_KEYS, iter_members
 
-    for tar in tars:
-        with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
-            pending: dict[str, dict] = {}
-            for m in tf:
-                if not m.isfile():
-                    continue
-                base = Path(m.name).name
-                key, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                entry = pending.setdefault(key, {})
-                if "." + ext.lower() in _IMAGE_MEMBERS:
-                    entry["image"] = tf.extractfile(m).read()
-                elif ext == "json":
-                    entry["json"] = json.loads(tf.extractfile(m).read())
-                if "image" in entry and "json" in entry:
-                    yield entry.pop("image"), pending.pop(key)["json"]
-            for entry in pending.values():  # images without metadata
-                if "image" in entry:
-                    yield entry["image"], None
+    pending: dict[str, dict] = {}
+    for key, ext, data in iter_members(tars, lambda _key, ext: ext in IMAGE_KEYS or ext == "json"):
+        entry = pending.setdefault(key, {})
+        if ext == "json":
+            entry["json"] = json.loads(data)
+        else:
+            entry["image"] = data
+        if "image" in entry and "json" in entry:
+            yield entry.pop("image"), pending.pop(key)["json"]
+    for entry in pending.values():  # images without metadata
+        if "image" in entry:
+            yield entry["image"], None
 
 
 def read_set(name: str, source: list[Path] | Path, label: str | None = None, max_samples: int = 500) -> AuditSet:

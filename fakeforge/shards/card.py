@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import tarfile
 from pathlib import Path
 
 import yaml
@@ -42,17 +41,13 @@ def _size_category(n: int) -> str:
 
 
 def _first_samples(tars: list, n: int) -> list[tuple[str, bytes]]:
-    from fakeforge.shards.reader import open_shard
+    from fakeforge.shards.reader import IMAGE_KEYS, iter_members
 
     out: list[tuple[str, bytes]] = []
-    for tar in tars:
-        with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
-            for m in tf:
-                key, _, ext = Path(m.name).name.partition(".")
-                if m.isfile() and ext.lower() in ("jpg", "jpeg", "png", "webp"):
-                    out.append((key, tf.extractfile(m).read()))
-                    if len(out) >= n:
-                        return out
+    for key, _ext, data in iter_members(tars, lambda _key, ext: ext in IMAGE_KEYS):
+        out.append((key, data))
+        if len(out) >= n:
+            break
     return out
 
 

@@ -16,8 +16,9 @@ never downloaded whole. `open_shard`, `shard_id` and `shard_fingerprint` work on
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable, Iterator
 
 from fakeforge.shards.store import Store, is_url
 
@@ -141,6 +142,23 @@ def open_shard(tar: Shard) -> IO[bytes]:
     if is_url(tar):
         return _fsspec_gopen(str(tar))
     return open(tar, "rb")
+
+
+def iter_members(tars: list[Shard], select: Callable[[str, str], bool] | None = None
+                 ) -> Iterator[tuple[str, str, bytes]]:
+    """(key, extension, bytes) of the file members of tar shards, streamed in order (local files or URLs).
+    The key is the member's base name up to its first dot, as webdataset splits it; the extension is
+    lower-cased. `select(key, extension)` picks the members that are read; the others are skipped unread.
+    Stop early by leaving the loop: the shard being read is closed."""
+    for tar in tars:
+        with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
+            for member in tf:
+                key, dot, ext = Path(member.name).name.partition(".")
+                if not member.isfile() or not dot:
+                    continue
+                ext = ext.lower()
+                if select is None or select(key, ext):
+                    yield key, ext, tf.extractfile(member).read()
 
 
 def shard_id(tar: Shard) -> str:
