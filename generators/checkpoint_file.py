@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from fakeforge.config import ConfigError
-from generators.base import GeneratorConfig
+from generators.base import Generator, GeneratorConfig
 
 
 class MissingCheckpointError(ConfigError):
@@ -90,3 +90,17 @@ class CheckpointFileConfig(GeneratorConfig):
         ensure_pending_twin(self)
         return resolve_checkpoint(self, self.model_path, self.checkpoint_env, self.checkpoint_name,
                                   self.checkpoint_help)
+
+
+class CheckpointFileGenerator(Generator):
+    """Base of the generators whose weights are one file (`self.model_file`, set by `load()`): their
+    settings record that file and, where the network always runs in RUN_DTYPE, `dtype_resolved`."""
+
+    records_run_dtype: ClassVar[bool] = True
+
+    def settings(self) -> dict:
+        data = super().settings()
+        data["model_file"] = str(getattr(self, "model_file", "")) or None
+        if self.records_run_dtype:
+            data["dtype_resolved"] = RUN_DTYPE
+        return data

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from fakeforge.config import ConfigError
-from generators.base import Generator, GenRequest, GenResult, SampleError, array_to_pil
-from generators.checkpoint_file import RUN_DTYPE, CheckpointFileConfig
+from generators.base import GenRequest, GenResult, SampleError, array_to_pil
+from generators.checkpoint_file import CheckpointFileConfig, CheckpointFileGenerator
 from generators.masks import MaskConfig, check_mask, make_mask, resize_mask
 from generators.source_image import (
     PREPARE_ERRORS,
@@ -146,7 +146,7 @@ class LamaConfig(CheckpointFileConfig):
         self.mask.check()
 
 
-class LamaInpaint(Generator):
+class LamaInpaint(CheckpointFileGenerator):
     """Masked real image -> LaMa inpainting (the prompt is not used; LaMa is not text-conditioned)."""
 
     config_class = LamaConfig
@@ -194,9 +194,3 @@ class LamaInpaint(Generator):
             except SampleError as exc:
                 results[i] = GenResult(error=str(exc))
         return results  # type: ignore[return-value]
-
-    def settings(self) -> dict:
-        data = super().settings()
-        data["model_file"] = str(getattr(self, "model_file", "")) or None
-        data["dtype_resolved"] = RUN_DTYPE
-        return data

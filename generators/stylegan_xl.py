@@ -23,8 +23,8 @@ from typing import ClassVar
 import numpy as np
 
 from fakeforge.config import ConfigError
-from generators.base import Generator, GenRequest, GenResult, SampleError
-from generators.checkpoint_file import CheckpointFileConfig
+from generators.base import GenRequest, GenResult, SampleError
+from generators.checkpoint_file import CheckpointFileConfig, CheckpointFileGenerator
 from generators.superres import key_mismatch_message
 
 SGXL_ENV = "FAKEFORGE_SGXL_MODEL"
@@ -159,10 +159,11 @@ class StyleGANXLConfig(CheckpointFileConfig):
                                   f" = {label!r}: {exc}") from None
 
 
-class StyleGANXLGenerator(Generator):
+class StyleGANXLGenerator(CheckpointFileGenerator):
     """Class-conditional ImageNet images from seeds (the caption is not used)."""
 
     config_class = StyleGANXLConfig
+    records_run_dtype = False  # its use_fp16 layers run in float16 on CUDA unless force_fp32
 
     def load(self) -> None:
         path = self.config.checkpoint_path()
@@ -236,7 +237,6 @@ class StyleGANXLGenerator(Generator):
 
     def settings(self) -> dict:
         data = super().settings()
-        data["model_file"] = str(getattr(self, "model_file", "")) or None
         if getattr(self, "spec", None):
             data["network"] = {"class_name": self.spec.get("class_name"), "img_resolution": self.spec["img_resolution"],
                                "c_dim": self.spec["c_dim"]}

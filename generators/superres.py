@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from fakeforge.config import ConfigError
-from generators.base import Generator, GenRequest, GenResult, SampleError, array_to_pil
-from generators.checkpoint_file import CheckpointFileConfig
+from generators.base import GenRequest, GenResult, SampleError, array_to_pil
+from generators.checkpoint_file import CheckpointFileConfig, CheckpointFileGenerator
 from generators.diffusers_common import DiffusersConfig, DiffusersGenerator
 from generators.source_image import (
     PREPARE_ERRORS,
@@ -259,7 +259,7 @@ class ImplicitSRConfig(CheckpointFileConfig):
         check_size_limits(self.min_size, self.max_size)
 
 
-class ImplicitSuperRes(Generator):
+class ImplicitSuperRes(CheckpointFileGenerator):
     """Degrade-and-restore SR with a network queried at continuous coordinates (`gen_feat` / `query_rgb`).
 
     Subclasses load `self.model` in `load()` and may override `render` (e.g. LTE's cell clipping)."""
@@ -300,11 +300,3 @@ class ImplicitSuperRes(Generator):
                 except SampleError as exc:
                     results[i] = GenResult(error=str(exc))
         return results  # type: ignore[return-value]
-
-    def settings(self) -> dict:
-        from generators.checkpoint_file import RUN_DTYPE
-
-        data = super().settings()
-        data["model_file"] = str(getattr(self, "model_file", "")) or None
-        data["dtype_resolved"] = RUN_DTYPE
-        return data
