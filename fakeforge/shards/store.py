@@ -66,6 +66,14 @@ def filesystem_for(url: str, what: str = "output"):
 
 
 
+def sha256_of(fh: IO[bytes], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of what a binary reader yields, read in chunks."""
+    h = hashlib.sha256()
+    while block := fh.read(chunk):
+        h.update(block)
+    return h.hexdigest()
+
+
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Write `data` under a temp name unique to this process, fsync, rename: readers see the old file or
     the whole new one, and an interruption leaves no temp file behind."""
@@ -210,12 +218,9 @@ class Store:
             return open(self.path(rel), "rb")
         return self.fs.open(self.path(rel), "rb", block_size=8 << 20, cache_type="readahead")
 
-    def sha256(self, rel: str, chunk: int = 1 << 20) -> str:
-        h = hashlib.sha256()
+    def sha256(self, rel: str) -> str:
         with self.open_read(rel) as fh:
-            while block := fh.read(chunk):
-                h.update(block)
-        return h.hexdigest()
+            return sha256_of(fh)
 
     # -- writing --------------------------------------------------------------------------------------
     def makedirs(self, rel: str = "") -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from fakeforge.shards.store import Store, write_file_atomic
+from fakeforge.shards.store import Store, sha256_of, write_file_atomic
 
 STATS_SUFFIX = ".stats.json"
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -178,12 +178,9 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_of(fh)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
