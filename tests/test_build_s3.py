@@ -274,44 +274,35 @@ def test_a_stale_lock_object_is_taken_over_by_exactly_one_of_two(s3env):
 
     s3env.mkdir("locks")
     fresh = Store("s3://locks/fresh")
-    results, barrier = [], threading.Barrier(2)
 
-    def create():
-        lock = ObjectLock(fresh, "build")
-        barrier.wait()
-        try:
-            lock.acquire()
-            results.append(("won", lock))
-        except FolderLockedError as exc:
-            results.append(("refused", str(exc)))
+    def race(make_lock) -> list:
+        """Two threads acquire a lock each at the same moment; ("won", lock) or ("refused", message) each."""
+        results, barrier = [], threading.Barrier(2)
 
-    threads = [threading.Thread(target=create) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+        def acquire():
+            lock = make_lock()
+            barrier.wait()
+            try:
+                lock.acquire()
+                results.append(("won", lock))
+            except FolderLockedError as exc:
+                results.append(("refused", str(exc)))
+
+        threads = [threading.Thread(target=acquire) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return results
+
+    results = race(lambda: ObjectLock(fresh, "build"))
     assert sorted(r[0] for r in results) == ["refused", "won"], "a conditional create: one of two wins"
     next(r[1] for r in results if r[0] == "won").release()
 
     store = Store("s3://locks/out")
     s3env.pipe_file("locks/out/.fakeforge.lock", json.dumps({"pid": 1, "host": "gone", "purpose": "build"}).encode())
     time.sleep(2.5)
-    results, barrier = [], threading.Barrier(2)
-
-    def take():
-        lock = ObjectLock(store, "build", lease=2.0)
-        barrier.wait()
-        try:
-            lock.acquire()
-            results.append(("won", lock))
-        except FolderLockedError as exc:
-            results.append(("refused", str(exc)))
-
-    threads = [threading.Thread(target=take) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = race(lambda: ObjectLock(store, "build", lease=2.0))
     assert sorted(r[0] for r in results) == ["refused", "won"], results
     winner = next(r[1] for r in results if r[0] == "won")
     time.sleep(2.5)                                  # past the lease: the winner's heartbeat keeps it fresh
