@@ -44,8 +44,8 @@ def plain_loop(twin: str, prompts: list[str], seeds: list[int], bs: int, steps: 
 def builder(twin_root: str, source: dict, bs: int, steps: int, size: int, out: Path) -> float:
     import yaml
 
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import build
+    from fakeforge.builder.config import resolve_build
+    from fakeforge.builder.runner import build
 
     cfg = {"output": str(out), "source": source, "num_workers": 2,
            "image": {"format": "jpeg", "quality": 95}, "shards": {"max_count": 1000},
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from fakeforge.build.plan import sample_seed
+    from fakeforge.builder.plan import sample_seed
     from fakeforge.sources import SourceConfig, load_records
     from fakeforge.sources.demo import write_demo_coco
     from fakeforge.tiny import build_tiny

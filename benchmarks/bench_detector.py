@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig  # noqa: E402
+from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig  # noqa: E402
 
 
 def full_size_config(image_token_index: int):
@@ -48,7 +48,7 @@ def build(full_size: bool, device: torch.device) -> tuple[AntifakePrompt, int]:
     """The detector (random rows) and its input size."""
     from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-    from detector.afp_loading import FP32_PARTS, resolve_precision
+    from detector.families.antifakeprompt.loading import FP32_PARTS, resolve_precision
     from fakeforge.tiny import ensure_tiny
 
     twin = ensure_tiny("instructblip")

@@ -13,7 +13,7 @@ In one run, on the same inputs:
     one — median batch time, measured alternately;
   * a linear probe fitted on a synthetic shard set (JPEG, decoded like real shards) twice: from images
     (decode + backbone + fit, empty cache) and from the feature cache (read + fit);
-  * `detector.side_by_side.score_sets` over a shard set with K AntifakePrompt checkpoints on one base model (same
+  * `detector.eval.side_by_side.score_sets` over a shard set with K AntifakePrompt checkpoints on one base model (same
     statistics: the vision encoder runs once per batch, the Q-Former + LLM per checkpoint), DeepFake-Adapter, and a
     probe and a kNN on one backbone (one features() pass), against scoring each checkpoint alone one after
     another (decoding the images again each time); the scores must be identical. In tiny mode also from the
@@ -91,10 +91,10 @@ def build_antifakeprompt(full_size: bool, device: torch.device):
 
 def build_detectors(full_size: bool, device: torch.device) -> dict:
     """name -> (detector, plain library callable it wraps or None); the feature detectors share one backbone."""
-    from detector.backbones import FeatureBackbone
-    from detector.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
-    from detector.disentangle import ContrastiveDisentangle, ContrastiveDisentangleConfig
-    from detector.frozen_features import LinearProbe, LinearProbeConfig, NearestNeighbor, NearestNeighborConfig
+    from detector.families.frozen.backbones import FeatureBackbone
+    from detector.families.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
+    from detector.families.frozen.disentangle import ContrastiveDisentangle, ContrastiveDisentangleConfig
+    from detector.families.frozen.heads import LinearProbe, LinearProbeConfig, NearestNeighbor, NearestNeighborConfig
 
     backbone = "open_clip:ViT-L-14" if full_size else "tiny:open_clip_vit"  # full size: no tag = random weights
     dfa_cfg = DeepFakeAdapterConfig(backbone="vit_base_patch16_224", pretrained=False) if full_size else \
@@ -111,7 +111,7 @@ def build_detectors(full_size: bool, device: torch.device) -> dict:
 
 def fit_knn_bank(det, n: int) -> None:
     """Give the kNN detector a bank of `n` random features so scoring does real work."""
-    from detector.feature_cache import FeatureSet
+    from detector.families.frozen.feature_cache import FeatureSet
 
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(n, det.backbone.feature_dim, generator=g)
@@ -121,7 +121,7 @@ def fit_knn_bank(det, n: int) -> None:
 def probe_fit_timing(probe, n_per_class: int, batch_size: int, workers: int) -> dict:
     """Fit the probe from images (empty cache) and then from the cache; seconds and cache state of both."""
     from detector.data import parse_set_specs
-    from detector.feature_cache import FeatureCache, fit_from_cache
+    from detector.families.frozen.feature_cache import FeatureCache, fit_from_cache
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_shards(Path(tmp) / "data", n_per_class, max(probe.preprocess.image_size, 64))
@@ -141,8 +141,8 @@ def probe_fit_timing(probe, n_per_class: int, batch_size: int, workers: int) -> 
 def _side_by_side_entries(dets: dict, k: int) -> list:
     """K AntifakePrompt checkpoints on the one loaded base (random rows, the same statistics), DeepFake-Adapter,
     and the probe and kNN (one backbone)."""
-    from detector.checkpoint import SharedBaseCheckpoint
-    from detector.side_by_side import Entry
+    from detector.families.antifakeprompt.checkpoint import SharedBaseCheckpoint
+    from detector.eval.side_by_side import Entry
 
     afp = dets["antifakeprompt"][0]
     entries = []
@@ -155,7 +155,7 @@ def _side_by_side_entries(dets: dict, k: int) -> list:
 
 
 def _fresh(entries: list) -> list:
-    from detector.side_by_side import Entry
+    from detector.eval.side_by_side import Entry
 
     return [Entry(e.label, e.detector, e.method) for e in entries]
 
@@ -174,7 +174,7 @@ def _median_pair(run_a, run_b, repeats: int) -> tuple[float, float]:
 def multi_eval_timing(dets: dict, k: int, n_per_class: int, batch_size: int, size: int, repeats: int) -> dict:
     """One side-by-side pass vs each checkpoint alone, one after another, over the same shard set."""
     from detector.data import parse_set_specs
-    from detector.side_by_side import score_sets
+    from detector.eval.side_by_side import score_sets
 
     entries = _side_by_side_entries(dets, k)
     runs: dict[str, list] = {}
@@ -205,10 +205,10 @@ def multi_eval_timing(dets: dict, k: int, n_per_class: int, batch_size: int, siz
 def folder_eval_timing(dets: dict, k: int, n_per_class: int, batch_size: int, size: int, repeats: int) -> dict:
     """Tiny twins only: the same comparison from checkpoint folders, loading included (load_detectors + one pass vs
     load_detector + one pass per checkpoint)."""
-    from detector.checkpoint import save_checkpoint
+    from detector.families.antifakeprompt.checkpoint import save_checkpoint
     from detector.data import parse_set_specs
-    from detector.io import load_detector, load_detectors, save_detector
-    from detector.side_by_side import Entry, score_sets
+    from detector.checkpoint import load_detector, load_detectors, save_detector
+    from detector.eval.side_by_side import Entry, score_sets
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -89,8 +89,8 @@ def main() -> None:
     import s3fs
     from builder_helpers import write_build_config
 
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import build
+    from fakeforge.builder.config import resolve_build
+    from fakeforge.builder.runner import build
     from fakeforge.shards.verify import verify_dataset
 
     logging.basicConfig(level=logging.WARNING)

@@ -6,16 +6,16 @@ and transformers only when a detector is used.
 from fakeforge.registry import Registry
 
 DETECTORS = Registry("detector")
-DETECTORS.register("antifakeprompt", "detector.antifakeprompt:AntifakePrompt",
+DETECTORS.register("antifakeprompt", "detector.families.antifakeprompt.model:AntifakePrompt",
                    "AntifakePrompt: InstructBLIP prompt-tuned with one pseudo-word ([*]), 2 trainable rows")
 
-DETECTORS.register("deepfake_adapter", "detector.deepfake_adapter:DeepFakeAdapter",
+DETECTORS.register("deepfake_adapter", "detector.families.deepfake_adapter:DeepFakeAdapter",
                    "DeepFake-Adapter: frozen timm ViT-B/16 + GBA + spatial adapters, ~16.9M trainable")
-DETECTORS.register("linear_probe", "detector.frozen_features:LinearProbe",
+DETECTORS.register("linear_probe", "detector.families.frozen.heads:LinearProbe",
                    "logistic regression on frozen CLIP/ImageNet features (UnivFD, COCOFake), fitted from a cache")
-DETECTORS.register("nearest_neighbor", "detector.frozen_features:NearestNeighbor",
+DETECTORS.register("nearest_neighbor", "detector.families.frozen.heads:NearestNeighbor",
                    "k-nearest-neighbour vote in a frozen CLIP/ImageNet feature space (UnivFD)")
-DETECTORS.register("contrastive_disentangle", "detector.disentangle:ContrastiveDisentangle",
+DETECTORS.register("contrastive_disentangle", "detector.families.frozen.disentangle:ContrastiveDisentangle",
                    "COCOFake's style/semantic contrastive projections + classifier on frozen features")
 
 __all__ = ["DETECTORS"]

@@ -14,22 +14,22 @@ A detector is an `nn.Module` subclass of `Detector`, registered in `detector.DET
       optimizer state and resume). `train()/eval()` are honoured (BatchNorm, dropout); training batches
       smaller than `min_train_batch` are skipped by the trainer.
     - `"features"` (`FeatureDetector`): a frozen backbone maps images to features once
-      (`features(pixels)`), the features are cached on disk (`detector.feature_cache`), and
+      (`features(pixels)`), the features are cached on disk (`detector.families.frozen.feature_cache`), and
       `fit_features(train, val)` fits the head from the cache in seconds (closed-form/short loops).
 * **Preprocessing travels with the model** — `detector.preprocess` (`Preprocess`: size, resize rule,
   interpolation, crop, mean/std, train augmentation) is set by `from_config` from the backbone or the
   recipe, may be replaced by the trainer (e.g. mean/std measured on the data), is saved in the
   checkpoint JSON and restored on load.
 
-AntifakePrompt (`detector/antifakeprompt.py`), DeepFake-Adapter (`detector/deepfake_adapter.py`) and the
-frozen-feature heads (`detector/frozen_features.py`, `detector/disentangle.py`) implement it; the trainer
-(`detector/trainer.py`), `detect`/`eval`/`stats` (`detector/cli.py`) and the side-by-side eval
-(`detector/side_by_side.py`) use nothing else.
+AntifakePrompt (`detector/families/antifakeprompt/model.py`), DeepFake-Adapter (`detector/families/deepfake_adapter.py`) and the
+frozen-feature heads (`detector/families/frozen/heads.py`, `detector/families/frozen/disentangle.py`) implement it; the trainer
+(`detector/train/loop.py`), `detect`/`eval`/`stats` (`detector/cli.py`) and the side-by-side eval
+(`detector/eval/side_by_side.py`) use nothing else.
 * **State** — `checkpoint_state()` -> the tensors that make this detector differ from its base model
   (trainable parameters plus the buffers that training changes, such as BatchNorm statistics or a
   kNN feature bank); `load_checkpoint_state(tensors, source)` is strict. The frozen base model is never
   saved: `identity()` describes it (architecture + a content hash of its weights) and a checkpoint whose
-  identity differs is refused, naming both (`check_identity`). `detector.io.save_detector` /
+  identity differs is refused, naming both (`check_identity`). `detector.checkpoint.save_detector` /
   `load_detector` write/read `weights.safetensors` + `detector.json` (detector name, format version,
   config, identity, preprocessing, training summary).
 * **Training policy** — `check_train_config(cfg)` runs the family's checks on a `TrainConfig` before any
@@ -37,8 +37,8 @@ frozen-feature heads (`detector/frozen_features.py`, `detector/disentangle.py`) 
   `resizable_input` (`data.image_size` sets the input size) say which `data.*` keys a family reads;
   `validation_step(pixels, labels)` gives the summed validation loss, its weight and P(fake) in one pass.
 * **I/O hooks** — `save(out_dir, training)`, `Cls.load(path, ...)` and `restore(path)` (tensors and
-  preprocessing into an existing detector, for `--resume`) default to `detector.io`'s format; AntifakePrompt
-  keeps its own (`detector/checkpoint.py`, `fakeforge.antifakeprompt`), listed in `accepted_formats`.
+  preprocessing into an existing detector, for `--resume`) default to `detector.checkpoint`'s format; AntifakePrompt
+  keeps its own (`detector/families/antifakeprompt/checkpoint.py`, `fakeforge.antifakeprompt`), listed in `accepted_formats`.
   `Cls.load_many(paths, ...)` loads several checkpoints of one family for a side-by-side eval (families
   override it to share what they can: one base model, one backbone).
 * **Shared stage** — `shared_stage_key()` names an expensive first stage that detectors with the same key
@@ -63,8 +63,8 @@ from torch import nn
 from fakeforge.config import ConfigError
 
 if TYPE_CHECKING:
-    from detector.feature_cache import FeatureSet
-    from detector.train_config import TrainConfig
+    from detector.families.frozen.feature_cache import FeatureSet
+    from detector.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -343,16 +343,16 @@ class Detector(nn.Module):
 
     # ----------------------------------------------------------------------------------------- I/O hooks
     def save(self, out_dir: str | Path, training: dict | None = None) -> Path:
-        """Write this detector as a checkpoint folder (`detector.io` format); returns the folder."""
-        from detector.io import save_detector
+        """Write this detector as a checkpoint folder (`detector.checkpoint` format); returns the folder."""
+        from detector.checkpoint import save_detector
 
         return save_detector(self, out_dir, training)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
              model_overrides: dict | None = None) -> "Detector":
-        """Rebuild a detector of this family from its checkpoint folder (see `detector.io.load_detector`)."""
-        from detector.io import load_generic
+        """Rebuild a detector of this family from its checkpoint folder (see `detector.checkpoint.load_detector`)."""
+        from detector.checkpoint import load_generic
 
         return load_generic(cls, path, device, tiny, model_overrides)
 
@@ -364,7 +364,7 @@ class Detector(nn.Module):
 
     def restore(self, path: str | Path) -> dict:
         """Load a checkpoint's tensors and preprocessing into this detector (resume); returns its meta."""
-        from detector.io import load_detector_state
+        from detector.checkpoint import load_detector_state
 
         return load_detector_state(self, path)
 
@@ -402,7 +402,7 @@ def _canonical(value: Any) -> str:
 class FeatureDetector(Detector):
     """A frozen backbone's features + a head fitted over cached features (linear probe, kNN, ...).
 
-    Subclasses set `self.backbone` (a `detector.backbones.FeatureBackbone`) and implement
+    Subclasses set `self.backbone` (a `detector.families.frozen.backbones.FeatureBackbone`) and implement
     `fit_features` and `score_features`. `forward` (a loss on images) exists only for heads that
     have one; the trainer uses `fit_features`.
     """
@@ -470,7 +470,7 @@ class FeatureDetector(Detector):
     def load_many(cls, paths: list[str | Path], device: str | torch.device | None = None,
                   tiny: bool = False) -> list["Detector"]:
         """Checkpoints on the same backbone load it once."""
-        from detector.backbones import sharing_backbones
+        from detector.families.frozen.backbones import sharing_backbones
 
         with sharing_backbones():
             return [cls.load(p, device=device, tiny=tiny) for p in paths]

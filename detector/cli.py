@@ -2,8 +2,8 @@
 
 Every command works for every registered detector through the interface in `detector/base.py`: `train` runs the
 generic trainer on any config under configs/detector/, `detect` and `eval` open any checkpoint folder with
-`detector.io.load_detector(s)` ("zero-shot" is AntifakePrompt's untuned baseline), and `eval` with several
-`--checkpoint`s scores them side by side (`detector/side_by_side.py`).
+`detector.checkpoint.load_detector(s)` ("zero-shot" is AntifakePrompt's untuned baseline), and `eval` with several
+`--checkpoint`s scores them side by side (`detector/eval/side_by_side.py`).
 
 `fakeforge.cli` imports this module to build its parser, so it must stay light: torch, transformers
 and the detector modules are imported inside the run_* functions only.
@@ -37,15 +37,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_train_config(config: str, overrides: list[str] | None = None, tiny: bool = False, out: str | None = None):
     """Resolve, merge and type-check a training config (errors name the key and value); see
-    `detector.train_config.load_train_config`."""
-    from detector.train_config import load_train_config as load
+    `detector.train.config.load_train_config`."""
+    from detector.train.config import load_train_config as load
 
     return load(config, overrides, tiny, out)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a detector; prints the best checkpoint folder."""
-    from detector.trainer import Trainer
+    from detector.train.loop import Trainer
     from fakeforge.config import ConfigError
 
     if args.resume_force and not args.resume:
@@ -105,7 +105,7 @@ def run_stats(args: argparse.Namespace) -> int:
 def checkpoint_preprocess(path: str):
     """The `Preprocess` stored in a checkpoint folder's detector.json (any detector), without loading a model."""
     from detector.base import CheckpointError, Preprocess
-    from detector.io import META_FILE, detector_class_of
+    from detector.checkpoint import META_FILE, detector_class_of
     from fakeforge.config import ConfigError
 
     detector_class_of(path)  # a checkpoint folder of a known detector
@@ -158,7 +158,7 @@ def check_writable_folder(path: str | Path, what: str) -> Path:
 
 def _open(args, checkpoints: list[str]) -> list:
     """Load every checkpoint (each family sharing what it can); the scoring method of each detector."""
-    from detector.io import load_detectors
+    from detector.checkpoint import load_detectors
     from fakeforge.config import ConfigError
 
     if args.batch_size < 1:
@@ -223,7 +223,7 @@ def run_detect(args: argparse.Namespace) -> int:
     import numpy as np
 
     from detector.data import SetSpec, load_image
-    from detector.evaluate import accuracy, confusion_matrix, score_set
+    from detector.eval.evaluate import accuracy, confusion_matrix, score_set
     from fakeforge.images import ImageLoadError
 
     if not (args.img_path or args.real_dir or args.fake_dir):
@@ -299,8 +299,8 @@ def _calibrate(args, entries, results_by_label) -> dict:
     import numpy as np
 
     from detector.data import parse_set_specs
-    from detector.evaluate import calibrate_threshold
-    from detector.side_by_side import Entry, score_sets
+    from detector.eval.evaluate import calibrate_threshold
+    from detector.eval.side_by_side import Entry, score_sets
     from fakeforge.config import ConfigError
 
     extra_specs = [s for item in args.calibrate_on if item not in results_by_label[entries[0].label]
@@ -328,8 +328,8 @@ def run_eval(args: argparse.Namespace) -> int:
     checkpoints: every image decoded once for all of them, one sub-folder per detector and one side-by-side
     table."""
     from detector.data import parse_set_specs
-    from detector.evaluate import check_plotting, summarize, write_reports
-    from detector.side_by_side import (
+    from detector.eval.evaluate import check_plotting, summarize, write_reports
+    from detector.eval.side_by_side import (
         Entry,
         comparison_rows,
         folder_names,
@@ -397,7 +397,7 @@ def run_eval(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- convert
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `fakeforge convert-antifakeprompt`."""
-    from detector.antifakeprompt import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID
+    from detector.families.antifakeprompt.model import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID
 
     p.add_argument("src", help="official AntifakePrompt LAVIS checkpoint (.pth)")
     p.add_argument("--out", required=True, help="output checkpoint folder")
@@ -418,8 +418,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a LAVIS .pth (loaded with weights_only=True) into a checkpoint folder."""
-    from detector.antifakeprompt import AntifakePromptConfig
-    from detector.checkpoint import convert_lavis, read_meta
+    from detector.families.antifakeprompt.model import AntifakePromptConfig
+    from detector.families.antifakeprompt.checkpoint import convert_lavis, read_meta
     from fakeforge.config import from_dict
 
     llm = None if str(args.llm_id).lower() in ("", "none", "null") else args.llm_id

@@ -12,15 +12,15 @@ import sys
 
 # name -> (module, function adding arguments, function running the command, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "build": ("fakeforge.build.cli", "add_build_arguments", "run_build",
+    "build": ("fakeforge.builder.cli", "add_build_arguments", "run_build",
               "build real/fake image sets as WebDataset shards from a build config"),
-    "validate": ("fakeforge.build.cli", "add_validate_arguments", "run_validate",
+    "validate": ("fakeforge.builder.cli", "add_validate_arguments", "run_validate",
                  "check build/generator configs without loading any model"),
     "verify": ("fakeforge.shards.verify", "add_arguments", "run",
                "check a built dataset folder against its manifest"),
     "audit": ("fakeforge.audit", "add_arguments", "run",
               "shortcut audit: do format features alone (size, JPEG quality...) separate real from fake?"),
-    "ls": ("fakeforge.build.cli", "add_ls_arguments", "run_ls",
+    "ls": ("fakeforge.builder.cli", "add_ls_arguments", "run_ls",
            "list registered generators, generator presets, attacks, detectors and tiny twins"),
     "tiny-models": ("fakeforge.tiny.cli", "add_arguments", "run",
                     "build the tiny random-weight twins of every model family (offline)"),
@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "the whole workflow offline on CPU in minutes (tiny twins, real sample photos) -> report.html"),
     "run": ("fakeforge.pipeline", "add_arguments", "run",
             "run a whole pipeline config: build -> verify -> stats -> train -> eval -> report (resumable)"),
-    "report": ("detector.report", "add_arguments", "run",
+    "report": ("detector.eval.report", "add_arguments", "run",
                "self-contained report.html/report.md from one or more eval folders, side by side"),
     "convert-antifakeprompt": ("detector.cli", "add_convert_arguments", "run_convert",
                                "convert an official AntifakePrompt LAVIS checkpoint"),

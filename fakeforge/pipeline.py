@@ -224,7 +224,7 @@ class Pipeline:
 
     # -- detectors ------------------------------------------------------------------------------------
     def _train_config(self, d: DetectorStage) -> dict:
-        from detector.train_config import resolve_train_data
+        from detector.train.config import resolve_train_data
 
         return resolve_train_data(d.config, list(d.overrides), tiny=self.tiny)
 
@@ -347,7 +347,7 @@ class Pipeline:
     def write_report(self, evals: list[Path]) -> Path | None:
         if not self.cfg.report or not evals:
             return None
-        from detector.report import make_report
+        from detector.eval.report import make_report
 
         self.step += 1
         print(f"[{self.step}] report", flush=True)

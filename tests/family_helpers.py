@@ -44,7 +44,7 @@ def load_tensors(path: Path | str, preprocess, train: bool = False) -> tuple[tor
 
 def train_steps(det, x: torch.Tensor, y: torch.Tensor, optim, epochs: int, batch_size: int, seed: int = 0) -> list[float]:
     """A plain loop with the config's optimizer and schedule (no data pipeline); returns the per-step losses."""
-    from detector.train_config import build_optimizer, lr_at
+    from detector.train.config import build_optimizer, lr_at
 
     steps_per_epoch = len(y) // batch_size
     peak = optim.peak_lr(batch_size)

@@ -104,7 +104,7 @@ def test_validate_checks_every_attack_preset_without_weights(capsys):
 
 
 def test_set_overrides_and_tiny_reach_attack_presets(tmp_path, tiny_dir):
-    from fakeforge.build.config import resolve_build
+    from fakeforge.builder.config import resolve_build
 
     cfg = tmp_path / "b.yaml"
     cfg.write_text(yaml.safe_dump({"output": str(tmp_path / "o"), "sets": [

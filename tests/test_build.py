@@ -15,8 +15,8 @@ import pytest
 from builder_helpers import write_build_config, write_coco
 from PIL import Image
 
-from fakeforge.build.config import resolve_build
-from fakeforge.build.runner import build
+from fakeforge.builder.config import resolve_build
+from fakeforge.builder.runner import build
 from fakeforge.cli import main as cli_main
 from fakeforge.config import ConfigError
 from fakeforge.locking import OutputLock

@@ -8,9 +8,9 @@ import tarfile
 import pytest
 from builder_helpers import write_build_config, write_coco
 
-from fakeforge.build.config import resolve_build
-from fakeforge.build.plan import sample_seed
-from fakeforge.build.runner import BuildFailed, build
+from fakeforge.builder.config import resolve_build
+from fakeforge.builder.plan import sample_seed
+from fakeforge.builder.runner import BuildFailed, build
 from fakeforge.cli import main as cli_main
 from fakeforge.config import ConfigError
 from fakeforge.shards.verify import VerifyError, verify_dataset

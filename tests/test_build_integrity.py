@@ -16,9 +16,9 @@ import pytest
 from builder_helpers import keys_of, write_build_config, write_coco
 from PIL import Image
 
-from fakeforge.build.config import resolve_build
-from fakeforge.build.plan import escape_key_part, sample_key
-from fakeforge.build.runner import build
+from fakeforge.builder.config import resolve_build
+from fakeforge.builder.plan import escape_key_part, sample_key
+from fakeforge.builder.runner import build
 from fakeforge.cli import main as cli_main
 from fakeforge.config import ConfigError
 from fakeforge.shards.verify import VerifyError, verify_dataset

@@ -6,14 +6,14 @@ import logging
 import os
 import pty
 
-from fakeforge.build.progress import LogProgress, make_progress
+from fakeforge.builder.progress import LogProgress, make_progress
 
 
 def test_log_progress_writes_one_line_per_interval_not_per_image(caplog):
     """1000 images at 10 a second with a 30 s interval: lines at 30, 60 and 90 s plus the closing one."""
     now = [0.0]
     bar = LogProgress(total=1000, rank=2, every=30.0, clock=lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="fakeforge.build"):
+    with caplog.at_level(logging.INFO, logger="fakeforge.builder"):
         for i in range(1, 1001):
             now[0] = i / 10
             bar.update(1)

@@ -198,8 +198,8 @@ def test_build_to_s3_killed_locked_resumed_verified_then_trained_and_evaluated(s
 def test_small_build_to_s3_resumes_and_verifies(s3env, tmp_path, tiny_dir):
     """The default-suite check of the object-store path: build, rerun (everything skipped), verify, and
     the same shard bytes as a local build."""
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import build
+    from fakeforge.builder.config import resolve_build
+    from fakeforge.builder.runner import build
     from fakeforge.shards.verify import verify_dataset
 
     s3env.mkdir("small")
@@ -317,8 +317,8 @@ def test_many_small_shards_upload_while_the_next_is_listed(s3env, tmp_path, tiny
     """Uploads run in their own thread while the main thread lists the set folder for the next shard: a
     listing cached by one thread must never hide the other's upload (each shard's size check reads the
     object itself)."""
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import build
+    from fakeforge.builder.config import resolve_build
+    from fakeforge.builder.runner import build
     from fakeforge.shards.verify import verify_dataset
 
     s3env.mkdir("many")
@@ -336,8 +336,8 @@ def test_retry_failed_and_verify_existing_work_on_s3_as_on_disk(s3env, tmp_path,
     from builder_helpers import write_coco
     from PIL import Image
 
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import build
+    from fakeforge.builder.config import resolve_build
+    from fakeforge.builder.runner import build
     from fakeforge.shards.verify import VerifyError, verify_dataset
 
     s3env.mkdir("retry")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from builder_helpers import keys_of, write_build_config, write_coco
 
-from fakeforge.build.config import resolve_build
-from fakeforge.build.runner import build
+from fakeforge.builder.config import resolve_build
+from fakeforge.builder.runner import build
 from fakeforge.cli import main as cli_main
 from fakeforge.config import ConfigError
 from fakeforge.shards.verify import VerifyError, verify_dataset

@@ -122,7 +122,7 @@ def test_paper_configs_store_reals_and_fakes_at_one_size_and_encoding(name):
 
     from PIL import Image
 
-    from fakeforge.build.config import resolve_build_collect
+    from fakeforge.builder.config import resolve_build_collect
 
     resolved, _problems = resolve_build_collect(name)             # (missing checkpoints do not matter here)
     policy = resolved.config.image

@@ -25,7 +25,7 @@ class Sneaky:
 
 
 def _tuned(twin, seed=0):
-    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
+    from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
 
     det = AntifakePrompt.from_config(AntifakePromptConfig(model_id="tiny:instructblip"), device="cpu")
     g = torch.Generator().manual_seed(seed)
@@ -52,7 +52,7 @@ def _lavis(path: Path, qf_width=32, lm_width=48, extra=None, seed=3) -> dict:
 
 
 def test_save_load_gives_identical_scores(tiny_instructblip, tmp_path):
-    from detector.checkpoint import load_checkpoint, save_checkpoint
+    from detector.families.antifakeprompt.checkpoint import load_checkpoint, save_checkpoint
 
     det = _tuned(tiny_instructblip)
     pre = {"image_size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "source": "test"}
@@ -69,7 +69,7 @@ def test_save_load_gives_identical_scores(tiny_instructblip, tmp_path):
 
 
 def test_convert_lavis_round_trip(tiny_instructblip, tmp_path, capsys):
-    from detector.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.checkpoint import load_checkpoint
 
     src = tmp_path / "COCO_150k_SD2_SD2IP.pth"
     rows = _lavis(src)
@@ -91,7 +91,7 @@ def test_convert_lavis_round_trip(tiny_instructblip, tmp_path, capsys):
 
 
 def test_convert_defaults_to_the_paper_setup(tmp_path):
-    from detector.checkpoint import PAPER_MEAN, PAPER_STD, convert_lavis, read_meta
+    from detector.families.antifakeprompt.checkpoint import PAPER_MEAN, PAPER_STD, convert_lavis, read_meta
 
     src = tmp_path / "official.pth"
     g = torch.Generator().manual_seed(0)
@@ -154,8 +154,8 @@ def test_official_lavis_layout_converts_loads_and_scores(tiny_instructblip, tmp_
     """The full LAVIS save layout (buffers in `model`, AdamW state, scaler, run config) converts with the
     training statistics of datasets.*.vis_processor (not the model's `preprocess` section), and detect then
     runs the official precision, tokens and statistics, saying so in its first lines."""
-    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
-    from detector.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
+    from detector.families.antifakeprompt.checkpoint import load_checkpoint
     from detector.data import build_transform
     from detector_helpers import encode, make_image
 
@@ -192,7 +192,7 @@ def test_official_lavis_layout_converts_loads_and_scores(tiny_instructblip, tmp_
 
 
 def test_converter_takes_the_position_from_the_run_config(tmp_path):
-    from detector.checkpoint import convert_lavis, read_meta
+    from detector.families.antifakeprompt.checkpoint import convert_lavis, read_meta
 
     src = tmp_path / "prefix.pth"
     _official_layout(src, prompt="[*] Is this photo real?")
@@ -201,7 +201,7 @@ def test_converter_takes_the_position_from_the_run_config(tmp_path):
 
 
 def test_converter_refuses_ambiguous_statistics(tmp_path):
-    from detector.checkpoint import CheckpointError, convert_lavis
+    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis
 
     src = tmp_path / "two.pth"
     _official_layout(src)
@@ -216,7 +216,7 @@ def test_converter_refuses_ambiguous_statistics(tmp_path):
 
 
 def test_pickle_with_custom_class_is_refused(tmp_path, capsys):
-    from detector.checkpoint import CheckpointError, convert_lavis
+    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis
 
     marker = tmp_path / "executed"
     src = tmp_path / "evil.pth"
@@ -231,7 +231,7 @@ def test_pickle_with_custom_class_is_refused(tmp_path, capsys):
 
 
 def test_wrong_checkpoints_give_clear_errors(tiny_instructblip, tmp_path):
-    from detector.checkpoint import CheckpointError, convert_lavis, load_checkpoint
+    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis, load_checkpoint
 
     src = tmp_path / "other.pth"
     torch.save({"model": {"visual_encoder.weight": torch.zeros(2, 2)}}, src)
@@ -288,7 +288,7 @@ def test_converter_gives_one_line_errors_for_odd_pth_files(tmp_path, capsys):
 def test_damaged_checkpoint_folders_are_refused_in_one_line(tiny_instructblip, tmp_path, capsys):
     """A broken detector.json or .safetensors, or rows holding NaN/inf, stop `detect` with one line (exit 2)
     before any image is scored."""
-    from detector.checkpoint import save_checkpoint
+    from detector.families.antifakeprompt.checkpoint import save_checkpoint
     from detector_helpers import encode, make_image
 
     good = tmp_path / "good"
@@ -334,7 +334,7 @@ def test_nan_rows_are_refused_by_load_rows(tiny_instructblip):
 
 
 def test_rows_for_another_base_model_name_both_widths(tiny_instructblip, tmp_path, capsys):
-    from detector.checkpoint import CheckpointError, convert_lavis, load_checkpoint
+    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis, load_checkpoint
 
     src = tmp_path / "vicuna.pth"
     _lavis(src, qf_width=768, lm_width=4096)

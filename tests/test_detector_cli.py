@@ -17,8 +17,8 @@ from fakeforge.cli import main as fakeforge_main
 @pytest.fixture(scope="module")
 def ckpt(tiny_instructblip, tmp_path_factory):
     """A checkpoint with fixed random rows (no training needed to exercise the CLIs)."""
-    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
-    from detector.checkpoint import save_checkpoint
+    from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
+    from detector.families.antifakeprompt.checkpoint import save_checkpoint
 
     det = AntifakePrompt.from_config(AntifakePromptConfig(model_id="tiny:instructblip"), device="cpu")
     g = torch.Generator().manual_seed(0)

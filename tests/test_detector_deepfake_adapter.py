@@ -9,7 +9,7 @@ from fakeforge.config import ConfigError
 
 
 def _tiny(**kw):
-    from detector.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
+    from detector.families.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
 
     return DeepFakeAdapter.from_config(DeepFakeAdapterConfig(backbone="tiny:timm_vit", spm_channels=16, **kw), "cpu")
 
@@ -27,7 +27,7 @@ def test_full_size_vit_b16_trains_16_9m_parameters():
     """The official configuration on timm's ViT-B/16, built on the meta device (no weights, no memory)."""
     import timm
 
-    from detector.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
+    from detector.families.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
 
     with torch.device("meta"):
         vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
@@ -77,7 +77,7 @@ def test_adapters_start_as_a_no_op_on_the_vit_stream(tiny_dir):
 @pytest.fixture(scope="module")
 def trained(sets, tiny_dir):
     """The tiny detector before and after 3 epochs of the recipe's SGD on the separable training set."""
-    from detector.train_config import OptimConfig
+    from detector.train.config import OptimConfig
 
     torch.set_num_threads(1)
     det = _tiny()
@@ -108,7 +108,7 @@ def test_training_learns_and_changes_only_the_adapters(trained, tiny_dir):
 
 def test_save_load_identical_scores_and_refusals(trained, tiny_dir, tmp_path):
     from detector.base import CheckpointError
-    from detector.io import load_detector, load_detector_state, save_detector
+    from detector.checkpoint import load_detector, load_detector_state, save_detector
     from fakeforge.tiny.backbone_twins import build_timm_vit
 
     det, x = trained["det"], trained["x_test"]
@@ -124,7 +124,7 @@ def test_save_load_identical_scores_and_refusals(trained, tiny_dir, tmp_path):
     assert "tiny:timm_vit" in str(err.value) and f"local-dir:{other}" in str(err.value)
     assert "weights_sha256" in str(err.value)
     # a frozen-feature checkpoint is not a DeepFake-Adapter one
-    from detector.frozen_features import LinearProbe, LinearProbeConfig
+    from detector.families.frozen.heads import LinearProbe, LinearProbeConfig
 
     probe = LinearProbe.from_config(LinearProbeConfig(backbone="tiny:timm_vit", dtype="float32"), "cpu")
     with pytest.raises(CheckpointError, match="'deepfake_adapter' detector, not 'linear_probe'"):
@@ -132,7 +132,7 @@ def test_save_load_identical_scores_and_refusals(trained, tiny_dir, tmp_path):
 
 
 def test_unknown_or_unsuitable_backbones_list_close_matches(tiny_dir):
-    from detector.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
+    from detector.families.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
 
     with pytest.raises(ConfigError, match="unknown timm model 'vit_base_patch16_244'.*vit_base_patch16_224"):
         DeepFakeAdapter.from_config(DeepFakeAdapterConfig(backbone="vit_base_patch16_244"), "cpu")
@@ -164,7 +164,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
 
 def test_tiny_recipe_builds_on_the_twin(tiny_dir):
     from detector import DETECTORS
-    from detector.train_config import load_train_config
+    from detector.train.config import load_train_config
 
     recipe = load_train_config("deepfake_adapter", ["data.train=[x]"], tiny=True)
     det = DETECTORS.get(recipe.detector).from_config(recipe.model, "cpu")

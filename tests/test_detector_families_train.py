@@ -49,7 +49,7 @@ def _args(data, family: str, out: Path, cache: Path) -> list[str]:
 def runs(data, tiny_dir):
     """One in-process run per family (the Trainer kept for in-memory checks)."""
     from detector.cli import load_train_config
-    from detector.trainer import Trainer
+    from detector.train.loop import Trainer
 
     torch.set_num_threads(1)
     out = {}
@@ -121,7 +121,7 @@ def test_only_the_intended_tensors_change_in_memory(runs, family, tiny_dir):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_last_checkpoint_loads_with_identical_scores(runs, data, family):
-    from detector.io import load_detector
+    from detector.checkpoint import load_detector
 
     det = runs[family]["trainer"].detector
     back = load_detector(runs[family]["out"] / "last", device="cpu")
@@ -186,7 +186,7 @@ def test_feature_fit_resumed_after_a_kill_equals_an_uninterrupted_run(runs, data
 def test_another_detectors_checkpoint_or_run_is_refused_naming_both(runs, data, tmp_path, capsys):
     import train
     from detector.base import CheckpointError
-    from detector.io import load_detector, load_detector_state
+    from detector.checkpoint import load_detector, load_detector_state
 
     dfa = runs["deepfake_adapter"]["out"]
     with pytest.raises(CheckpointError, match="'deepfake_adapter' detector, but 'linear_probe' was asked for"):

@@ -40,7 +40,7 @@ class CallCounter:
 # ------------------------------------------------------------------------------------------- backbones
 @pytest.mark.parametrize("twin", sorted(TWIN_CLASSES))
 def test_backbone_twins_load_through_their_library_and_see_the_image(twin, tiny_dir):
-    from detector.backbones import FeatureBackbone
+    from detector.families.frozen.backbones import FeatureBackbone
 
     bb = FeatureBackbone.load(f"tiny:{twin}", device="cpu")
     assert bb.architecture["class"] == TWIN_CLASSES[twin]
@@ -60,7 +60,7 @@ def test_backbone_twins_load_through_their_library_and_see_the_image(twin, tiny_
 
 
 def test_backbone_preprocessing_comes_from_each_library(tiny_dir):
-    from detector.backbones import FeatureBackbone
+    from detector.families.frozen.backbones import FeatureBackbone
 
     vit = FeatureBackbone.load("tiny:timm_vit", "cpu").preprocess  # timm pretrained_cfg of augreg_in21k
     assert (vit.crop_pct, vit.mean, vit.interpolation) == (0.9, [0.5] * 3, "bicubic")
@@ -71,7 +71,7 @@ def test_backbone_preprocessing_comes_from_each_library(tiny_dir):
 
 
 def test_unknown_backbone_names_list_close_matches():
-    from detector.backbones import check_backbone
+    from detector.families.frozen.backbones import check_backbone
 
     with pytest.raises(ConfigError, match="unknown timm model 'resnet5O'.*resnet50"):
         check_backbone("timm:resnet5O")
@@ -91,7 +91,7 @@ def test_unknown_backbone_names_list_close_matches():
 
 # ------------------------------------------------------------------------------------------- cache
 def test_feature_cache_reused_for_the_same_backbone_rebuilt_for_another(sets, tiny_dir, tmp_path):
-    from detector.feature_cache import FeatureCache, extract_features
+    from detector.families.frozen.feature_cache import FeatureCache, extract_features
     from fakeforge.tiny.backbone_twins import build_open_clip_vit
 
     specs = _specs(sets["test"])
@@ -127,8 +127,8 @@ def test_feature_cache_reused_for_the_same_backbone_rebuilt_for_another(sets, ti
 def test_new_weights_under_the_same_name_rebuild_the_cache_and_refuse_old_checkpoints(sets, tiny_dir, tmp_path):
     """A backbone folder (or hub snapshot) whose weights changed keeps its name: the weights hash decides."""
     from detector.base import CheckpointError
-    from detector.feature_cache import FeatureCache
-    from detector.io import load_detector, save_detector
+    from detector.families.frozen.feature_cache import FeatureCache
+    from detector.checkpoint import load_detector, save_detector
     from fakeforge.tiny.backbone_twins import build_timm_vit
 
     folder = tmp_path / "vit"
@@ -147,7 +147,7 @@ def test_new_weights_under_the_same_name_rebuild_the_cache_and_refuse_old_checkp
 
 
 def test_a_cache_file_from_another_backbone_is_rebuilt_not_reused(sets, tiny_dir, tmp_path):
-    from detector.feature_cache import FeatureCache
+    from detector.families.frozen.feature_cache import FeatureCache
 
     spec = _specs(sets["test"])[0]
     clip, vit = _det("linear_probe", "tiny:open_clip_vit"), _det("linear_probe", "tiny:hf_clip_vit")
@@ -171,7 +171,7 @@ def test_a_cache_file_from_another_backbone_is_rebuilt_not_reused(sets, tiny_dir
 
 def test_corrupt_and_odd_images_are_listed_and_skipped(tiny_dir, tmp_path):
     from detector.data import parse_set_specs
-    from detector.feature_cache import FeatureCache
+    from detector.families.frozen.feature_cache import FeatureCache
 
     files = write_odd_images(tmp_path / "odd")
     spec, = parse_set_specs([f"odd=real:{tmp_path / 'odd'}"])
@@ -183,7 +183,7 @@ def test_corrupt_and_odd_images_are_listed_and_skipped(tiny_dir, tmp_path):
 
 
 def test_one_class_training_data_is_refused(sets, tiny_dir, tmp_path):
-    from detector.feature_cache import FeatureCache, fit_from_cache
+    from detector.families.frozen.feature_cache import FeatureCache, fit_from_cache
 
     det = _det("linear_probe")
     with pytest.raises(ConfigError, match="only one class.*32 real, 0 fake"):
@@ -194,8 +194,8 @@ def test_one_class_training_data_is_refused(sets, tiny_dir, tmp_path):
 @pytest.fixture(scope="module")
 def fitted(sets, tiny_dir, tmp_path_factory):
     """Each feature detector before/after fitting from the cache of the separable training set."""
-    from detector.backbones import FeatureBackbone
-    from detector.feature_cache import FeatureCache, FeatureSet, fit_from_cache
+    from detector.families.frozen.backbones import FeatureBackbone
+    from detector.families.frozen.feature_cache import FeatureCache, FeatureSet, fit_from_cache
 
     torch.set_num_threads(1)
     cache = FeatureCache(tmp_path_factory.mktemp("cache"))
@@ -246,7 +246,7 @@ def test_probe_and_disentangle_losses_fall(fitted):
 
 @pytest.mark.parametrize("name", ["linear_probe", "nearest_neighbor", "contrastive_disentangle"])
 def test_save_load_gives_identical_scores(fitted, name, sets, tmp_path):
-    from detector.io import load_detector, save_detector
+    from detector.checkpoint import load_detector, save_detector
 
     det = fitted[name]["det"]
     back = load_detector(save_detector(det, tmp_path / name), device="cpu")
@@ -273,7 +273,7 @@ def test_probe_scores_equal_scikit_learn(fitted):
 def test_knn_matches_scikit_learn_and_chunks_agree(tiny_dir, weights):
     from sklearn.neighbors import KNeighborsClassifier
 
-    from detector.feature_cache import FeatureSet
+    from detector.families.frozen.feature_cache import FeatureSet
 
     g = torch.Generator().manual_seed(0)
     det = _det("nearest_neighbor", "tiny:hf_clip_vit", k=5, weights=weights, chunk=7)
@@ -290,7 +290,7 @@ def test_knn_matches_scikit_learn_and_chunks_agree(tiny_dir, weights):
 
 
 def test_supcon_loss_rewards_clusters_and_skips_anchors_without_positives():
-    from detector.disentangle import supcon_loss
+    from detector.families.frozen.disentangle import supcon_loss
 
     g = torch.Generator().manual_seed(0)
     classes = torch.tensor([0, 0, 0, 1, 1, 1])
@@ -304,7 +304,7 @@ def test_supcon_loss_rewards_clusters_and_skips_anchors_without_positives():
 
 def test_disentangling_separates_style_from_content_on_held_out_pairs(tiny_dir, tmp_path):
     """Semantic space: a fake lies next to its own parent real image; style space: next to other fakes."""
-    from detector.feature_cache import FeatureCache, FeatureSet, fit_from_cache
+    from detector.families.frozen.feature_cache import FeatureCache, FeatureSet, fit_from_cache
 
     train = write_parent_child(tmp_path / "train", 96, seed=1)
     test = write_parent_child(tmp_path / "test", 32, seed=2)

@@ -69,7 +69,7 @@ def test_registry_lists_every_family_lazily():
 
 def test_every_config_parses_with_and_without_tiny():
     """Every named config types; --tiny swaps every real model id for a twin (its `tiny:` block applied first)."""
-    from detector.train_config import load_train_config
+    from detector.train.config import load_train_config
     from fakeforge.config import CONFIG_ROOT
 
     names = [p.stem for p in (CONFIG_ROOT / "detector").glob("*.yaml")]
@@ -104,7 +104,7 @@ def test_every_config_parses_with_and_without_tiny():
 
 
 def test_config_errors_name_the_key(tmp_path):
-    from detector.train_config import load_train_config
+    from detector.train.config import load_train_config
     from fakeforge.registry import UnknownNameError
 
     def load(name, *overrides):
@@ -140,7 +140,7 @@ def test_config_errors_name_the_key(tmp_path):
 # ------------------------------------------------------------------------------------------- schedule
 def test_deepfake_adapter_schedule_matches_the_official_rule():
     """lr = 0.1 x batch/256; linear warm-up from 0 over 15 epochs, per step; half cosine to 0 at 100 epochs."""
-    from detector.train_config import OptimConfig, build_optimizer, lr_at
+    from detector.train.config import OptimConfig, build_optimizer, lr_at
 
     cfg = OptimConfig(name="sgd", lr=None, blr=0.1, schedule="cosine_step", warmup_lr=0.0, warmup_epochs=15,
                       weight_decay=1e-4)
@@ -161,7 +161,7 @@ def test_deepfake_adapter_schedule_matches_the_official_rule():
 
 
 def test_cosine_step_warmup_from_warmup_lr_and_min_lr():
-    from detector.train_config import OptimConfig, lr_at
+    from detector.train.config import OptimConfig, lr_at
 
     cfg = OptimConfig(name="adamw", lr=1e-5, min_lr=1e-6, schedule="cosine_step", warmup_lr=0.0, warmup_steps=4)
     assert [lr_at(cfg, 0, s, s, 10, 10) / 1e-5 for s in range(5)] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
@@ -173,9 +173,9 @@ def test_cosine_step_warmup_from_warmup_lr_and_min_lr():
 @pytest.fixture(scope="module")
 def probe_ckpt(tiny_dir, tmp_path_factory):
     """A fitted tiny linear probe saved to a folder."""
-    from detector.feature_cache import FeatureSet
-    from detector.frozen_features import LinearProbe, LinearProbeConfig
-    from detector.io import save_detector
+    from detector.families.frozen.feature_cache import FeatureSet
+    from detector.families.frozen.heads import LinearProbe, LinearProbeConfig
+    from detector.checkpoint import save_detector
 
     torch.set_num_threads(1)
     det = LinearProbe.from_config(LinearProbeConfig(backbone="tiny:open_clip_vit", dtype="float32"), "cpu")
@@ -201,7 +201,7 @@ def test_save_writes_safetensors_json_and_card(probe_ckpt):
 def test_load_gives_identical_scores_and_preprocessing(probe_ckpt, tmp_path):
     from dataclasses import replace
 
-    from detector.io import load_detector, save_detector
+    from detector.checkpoint import load_detector, save_detector
 
     det = probe_ckpt["det"]
     back = load_detector(probe_ckpt["path"], device="cpu")
@@ -216,8 +216,8 @@ def test_load_gives_identical_scores_and_preprocessing(probe_ckpt, tmp_path):
 
 def test_checkpoint_for_another_detector_or_backbone_is_refused(probe_ckpt, tmp_path):
     from detector.base import CheckpointError
-    from detector.frozen_features import NearestNeighbor, NearestNeighborConfig
-    from detector.io import load_detector, load_detector_state
+    from detector.families.frozen.heads import NearestNeighbor, NearestNeighborConfig
+    from detector.checkpoint import load_detector, load_detector_state
 
     with pytest.raises(CheckpointError, match="'linear_probe' detector, but 'nearest_neighbor' was asked for"):
         load_detector(probe_ckpt["path"], expect="nearest_neighbor")
@@ -232,7 +232,7 @@ def test_checkpoint_for_another_detector_or_backbone_is_refused(probe_ckpt, tmp_
 
 def test_damaged_or_foreign_checkpoints_are_refused(probe_ckpt, tmp_path):
     from detector.base import CheckpointError
-    from detector.io import load_detector
+    from detector.checkpoint import load_detector
 
     with pytest.raises(CheckpointError, match="no detector.json"):
         load_detector(tmp_path)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from detector.evaluate import (
+from detector.eval.evaluate import (
     SetScores,
     accuracy,
     average_precision,

@@ -11,7 +11,7 @@ from fakeforge.config import ConfigError, from_dict
 
 
 def _detector(twin, **kw):
-    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
+    from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
 
     return AntifakePrompt.from_config(AntifakePromptConfig(model_id=str(twin), **kw), device="cpu")
 
@@ -22,7 +22,7 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_prompt_positions_and_config_errors():
-    from detector.antifakeprompt import AntifakePromptConfig
+    from detector.families.antifakeprompt.model import AntifakePromptConfig
 
     assert AntifakePromptConfig().prompt == "Is this photo real [*]?"
     assert AntifakePromptConfig(position="prefix").prompt == "[*] Is this photo real?"
@@ -101,7 +101,7 @@ def test_registry_is_lazy_and_resolves():
             "assert 'antifakeprompt' in DETECTORS.names(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     from detector import DETECTORS
-    from detector.antifakeprompt import AntifakePrompt
+    from detector.families.antifakeprompt.model import AntifakePrompt
 
     assert DETECTORS.get("antifakeprompt") is AntifakePrompt
 
@@ -217,7 +217,7 @@ def test_full_size_architecture_trains_4864_parameters(tiny_instructblip):
     """On the InstructBLIP-Vicuna-7B shapes (built on the meta device: no memory, no download)."""
     from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
 
-    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
+    from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
 
     bench = _bench_module()
     processor = InstructBlipProcessor.from_pretrained(tiny_instructblip)
@@ -277,7 +277,7 @@ def test_rows_start_from_normal_0_02(tiny_instructblip):
 
 
 def test_precision_policies(tiny_instructblip):
-    from detector.afp_loading import resolve_precision
+    from detector.families.antifakeprompt.loading import resolve_precision
 
     official_cuda = resolve_precision("official", torch.device("cuda"))
     assert (official_cuda.vision, official_cuda.qformer, official_cuda.lm, official_cuda.autocast) == \

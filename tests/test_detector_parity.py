@@ -54,7 +54,7 @@ def real_vocab_twin(tmp_path_factory):
 
 
 def _detector(folder, **kw):
-    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
+    from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
 
     return AntifakePrompt.from_config(AntifakePromptConfig(model_id=str(folder), dtype="float32", **kw), "cpu")
 

@@ -26,13 +26,13 @@ def checkpoints(tiny_dir, tmp_path_factory):
     """Checkpoints of every family with non-trivial scores (no training needed to compare scorers):
     AntifakePrompt x3 on one base (a and b with the same statistics), DeepFake-Adapter, a probe and a kNN on the
     same open_clip twin, a contrastive head on the timm twin."""
-    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
-    from detector.checkpoint import save_checkpoint
-    from detector.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
-    from detector.disentangle import ContrastiveDisentangle, ContrastiveDisentangleConfig
-    from detector.feature_cache import FeatureSet
-    from detector.frozen_features import LinearProbe, LinearProbeConfig, NearestNeighbor, NearestNeighborConfig
-    from detector.io import save_detector
+    from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
+    from detector.families.antifakeprompt.checkpoint import save_checkpoint
+    from detector.families.deepfake_adapter import DeepFakeAdapter, DeepFakeAdapterConfig
+    from detector.families.frozen.disentangle import ContrastiveDisentangle, ContrastiveDisentangleConfig
+    from detector.families.frozen.feature_cache import FeatureSet
+    from detector.families.frozen.heads import LinearProbe, LinearProbeConfig, NearestNeighbor, NearestNeighborConfig
+    from detector.checkpoint import save_detector
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ckpts")
@@ -139,8 +139,8 @@ def test_shared_stages_run_once_per_batch(checkpoints, sets, tiny_dir, monkeypat
     features() pass."""
     import detector.data
     from detector.data import parse_set_specs
-    from detector.io import load_detectors
-    from detector.side_by_side import Entry, score_sets
+    from detector.checkpoint import load_detectors
+    from detector.eval.side_by_side import Entry, score_sets
 
     names = ["afp_a", "afp_b", "afp_c", "probe", "knn", "dfa"]
     dets = load_detectors([checkpoints[n] for n in names], device="cpu")
@@ -198,8 +198,8 @@ def test_old_antifakeprompt_folders_load_through_the_generic_entry(checkpoints, 
     one open through `load_detector` and score alike; the version-1 warning is kept."""
     import shutil
 
-    from detector.antifakeprompt import AntifakePrompt
-    from detector.io import load_detector
+    from detector.families.antifakeprompt.model import AntifakePrompt
+    from detector.checkpoint import load_detector
 
     v2 = checkpoints["afp_a"]
     v1 = tmp_path / "v1"

@@ -41,7 +41,7 @@ def run(tiny_instructblip, tmp_path_factory):
     """One tiny training run (in-process, keeping the Trainer) on a separable shard set: real = reddish,
     fake = bluish; explicit validation sets; a held-out test set never seen in training."""
     from detector.cli import load_train_config
-    from detector.trainer import Trainer
+    from detector.train.loop import Trainer
 
     root = tmp_path_factory.mktemp("train")
     data = write_dataset(root / "data", n_real=24, n_fake=24, shards=2)
@@ -62,7 +62,7 @@ def _metrics(out):
 
 def _accuracy(det, pre, spec) -> float:
     from detector.data import build_transform, parse_set_specs
-    from detector.evaluate import score_set
+    from detector.eval.evaluate import score_set
 
     transform = build_transform(32, pre["mean"], pre["std"], train=False)
     y, s = [], []
@@ -75,8 +75,8 @@ def _accuracy(det, pre, spec) -> float:
 
 def test_trained_beats_untrained_on_held_out_data(run):
     """Accuracy on a held-out set after training against the same detector before training (same rows init)."""
-    from detector.antifakeprompt import AntifakePrompt
-    from detector.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.model import AntifakePrompt
+    from detector.families.antifakeprompt.checkpoint import load_checkpoint
 
     trained, pre = load_checkpoint(run["out"] / "best", device="cpu")
     untrained = AntifakePrompt.from_config(run["trainer"].cfg.model, "cpu", )
@@ -101,7 +101,7 @@ def test_base_model_untouched_in_memory(run, tiny_instructblip):
     assert sorted(n for n, p in det.named_parameters() if p.requires_grad) == [
         "model.language_model.model.embed_tokens.row", "model.qformer.embeddings.word_embeddings.row"]
     init = run["trainer"].cfg.model
-    from detector.antifakeprompt import AntifakePrompt
+    from detector.families.antifakeprompt.model import AntifakePrompt
 
     start = AntifakePrompt.from_config(init, "cpu").rows()
     for name, row in det.rows().items():
@@ -109,7 +109,7 @@ def test_base_model_untouched_in_memory(run, tiny_instructblip):
 
 
 def test_checkpoint_files_metadata_and_recorded_config(run):
-    from detector.train_config import lr_at
+    from detector.train.config import lr_at
 
     out = run["out"]
     best = out / "best"
@@ -124,7 +124,7 @@ def test_checkpoint_files_metadata_and_recorded_config(run):
     assert torch.__version__.startswith(meta["versions"]["torch"])
     assert (out / "last" / "training_state.pt").is_file()
     # config.yaml holds what ran: resolved values filled in, and the lr of every logged step follows it
-    from detector.train_config import TrainConfig
+    from detector.train.config import TrainConfig
     from fakeforge.config import from_dict, load_yaml
 
     cfg = from_dict(TrainConfig, load_yaml(out / "config.yaml"))
@@ -138,7 +138,7 @@ def test_checkpoint_files_metadata_and_recorded_config(run):
 
 
 def test_official_schedule_first_step_and_cosine_per_epoch():
-    from detector.train_config import OptimConfig, lr_at
+    from detector.train.config import OptimConfig, lr_at
 
     cfg = OptimConfig()  # lr 1e-5, warmup_lr 1e-8, warmup_steps 0: LAVIS linear_warmup_cosine_lr
     assert lr_at(cfg, 0, 0, 0, 10, 100) == 1e-8
@@ -153,9 +153,9 @@ def test_best_is_the_lowest_validation_loss_when_it_rises_later(run, tmp_path, c
     """Continue the run (--resume-force) on training data with the labels flipped: the validation loss rises
     from the first epoch after the resume on, so best/ must stay the checkpoint saved before the resume (the
     best loss is carried across it), and config.yaml and the optimizer hold the new values."""
-    from detector.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.checkpoint import load_checkpoint
     from detector.data import build_transform, parse_set_specs
-    from detector.train_config import lr_at
+    from detector.train.config import lr_at
     from fakeforge.config import load_yaml
 
     out = tmp_path / "run"
@@ -197,7 +197,7 @@ def test_best_is_the_lowest_validation_loss_when_it_rises_later(run, tmp_path, c
     cfg = load_yaml(out / "config.yaml")
     assert cfg["optim"]["lr"] == 0.3 and cfg["data"]["train"] == [str(flipped)]
     state = torch.load(out / "last" / "training_state.pt", weights_only=True)
-    from detector.train_config import OptimConfig
+    from detector.train.config import OptimConfig
 
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr_at(OptimConfig(lr=0.3), 4, 5, 29, 5, 6))
 
@@ -224,7 +224,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(run, tmp_path):
     for o in run["overrides"]:
         args += ["--set", o]
     assert train.main(args) == 0
-    from detector.checkpoint import read_rows
+    from detector.families.antifakeprompt.checkpoint import read_rows
 
     resumed, straight = read_rows(out / "last" / "pseudo_word.safetensors"), \
         read_rows(run["out"] / "last" / "pseudo_word.safetensors")
@@ -244,7 +244,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(run, tmp_path):
 
 def test_training_and_validation_samples_are_disjoint(tiny_instructblip, tmp_path, capsys):
     from detector.cli import load_train_config
-    from detector.trainer import Trainer
+    from detector.train.loop import Trainer
 
     data = write_dataset(tmp_path / "data", n_real=24, n_fake=24, shards=2)
     trainer = Trainer(load_train_config("antifakeprompt_tiny", [f"data.train=[{data}]", "data.val_fraction=0.25"],

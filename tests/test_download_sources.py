@@ -13,7 +13,7 @@ import pytest
 from builder_helpers import write_build_config
 from PIL import Image
 
-from fakeforge.build.config import resolve_build
+from fakeforge.builder.config import resolve_build
 from fakeforge.cli import main as cli_main
 from fakeforge.config import ConfigError, from_dict
 from fakeforge.shards.verify import verify_dataset
@@ -226,7 +226,7 @@ def test_optional_sets_are_skipped_with_one_line_and_built_once_the_data_is_ther
             {"name": "dalle3", "generator": DOWNLOAD, "optional": True,
              "source": {"kind": "folder", "images_dir": str(data), "label": "fake"}}]
     cfg = write_build_config(tmp_path / "b.yaml", tmp_path / "out", sets, {"kind": "demo", "limit": 2})
-    with caplog.at_level(logging.WARNING, logger="fakeforge.build"):
+    with caplog.at_level(logging.WARNING, logger="fakeforge.builder"):
         resolved = resolve_build(str(cfg), tiny=True)
     assert [s.name for s in resolved.sets] == ["real"] and resolved.skipped == ["dalle3"]
     lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]

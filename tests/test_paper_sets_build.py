@@ -8,7 +8,7 @@ import tarfile
 from builder_helpers import write_build_config
 from PIL import Image
 
-from fakeforge.build.config import resolve_build
+from fakeforge.builder.config import resolve_build
 from fakeforge.cli import main as cli_main
 from fakeforge.shards.verify import verify_dataset
 
@@ -67,7 +67,7 @@ def test_paper_test_config_lists_every_column_and_skips_absent_downloads(caplog)
     assert {s["name"]: s["source"]["label"] for s in downloads} == {                    # FF++ originals are real
         "dalle2": "fake", "dalle3": "fake", "diffusiondb": "fake", "glide": "fake", "deeperforensics": "fake",
         "dfdc": "fake", "ffpp": "fake", "ffpp_real": "real"}
-    with caplog.at_level(logging.WARNING, logger="fakeforge.build"):
+    with caplog.at_level(logging.WARNING, logger="fakeforge.builder"):
         resolved = resolve_build("antifakeprompt_test", tiny=True)          # no data/ here: downloads skipped
     assert sorted(resolved.skipped) == sorted(s["name"] for s in downloads)
     lines = [r.getMessage() for r in caplog.records if "skipped (optional)" in r.getMessage()]

@@ -60,7 +60,7 @@ def test_report_puts_detectors_side_by_side_with_everything_inlined(built, tmp_p
 
 
 def test_confidence_grids_show_the_extremes(built):
-    from detector.report import confidence_picks, load_eval_dir
+    from detector.eval.report import confidence_picks, load_eval_dir
 
     method = load_eval_dir(built[1][0])
     rows = method.samples["sd2"]
@@ -115,7 +115,7 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
 
 
 def test_balanced_accuracy_does_not_reward_calling_everything_fake():
-    from detector.report import balanced_accuracy
+    from detector.eval.report import balanced_accuracy
 
     sets = {"coco": {"real": 10, "fake": 0, "accuracy": 0.0}}
     sets.update({f"fake{i}": {"real": 0, "fake": 10, "accuracy": 1.0} for i in range(5)})

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from fakeforge.build.config import resolve_build
+from fakeforge.builder.config import resolve_build
 from fakeforge.cli import main
 from fakeforge.config import CONFIG_ROOT
 

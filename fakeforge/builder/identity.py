@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from fakeforge.build.config import ResolvedBuild, ResolvedSet
+from fakeforge.builder.config import ResolvedBuild, ResolvedSet
 from fakeforge.config import ConfigError
 from fakeforge.shards.manifest import SET_RECORD
 from fakeforge.shards.store import Store
 
-log = logging.getLogger("fakeforge.build")
+log = logging.getLogger("fakeforge.builder")
 REBUILD_PREFIX = ".rebuild-"
 RECORD_FORMAT = 1
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fakeforge.build.plan import ShardJob, sample_key, sample_seed
+from fakeforge.builder.plan import ShardJob, sample_key, sample_seed
 from fakeforge.images import ImageLimits, ImageLoadError, ImagePolicy, encode_mask, load_rgb
 from fakeforge.shards.store import Store
 from fakeforge.shards.writer import ShardSink

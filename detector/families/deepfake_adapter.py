@@ -34,7 +34,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from detector.backbones import check_timm_name, resolve_tiny
+from detector.families.frozen.backbones import check_timm_name, resolve_tiny
 from detector.base import Detector, Preprocess, pick_device, weights_fingerprint
 from fakeforge.config import ConfigError
 

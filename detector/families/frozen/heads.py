@@ -1,8 +1,8 @@
 """Frozen-feature detectors (UnivFD, COCOFake's probes): a linear probe and a k-nearest-neighbour classifier.
 
-Both sit on a frozen backbone (`detector.backbones`: CLIP ViT-L/14 or ViT-B/16 from open_clip or
+Both sit on a frozen backbone (`detector.families.frozen.backbones`: CLIP ViT-L/14 or ViT-B/16 from open_clip or
 transformers, or an ImageNet ResNet-50 / ViT from timm) and are fitted from cached features
-(`detector.feature_cache`) in seconds:
+(`detector.families.frozen.feature_cache`) in seconds:
 
 * `linear_probe`: logistic regression (scikit-learn's `LogisticRegression`, L-BFGS, L2 strength `1/C`) on
   standardised features. Scoring runs in torch: P(fake) = sigmoid(w . (f - mean) / std + b), the same
@@ -21,9 +21,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from detector.backbones import FeatureBackbone, parse_backbone, tiny_backbone_for
+from detector.families.frozen.backbones import FeatureBackbone, parse_backbone, tiny_backbone_for
 from detector.base import CheckpointError, FeatureDetector
-from detector.feature_cache import FeatureSet
+from detector.families.frozen.feature_cache import FeatureSet
 from fakeforge.config import ConfigError
 
 DEFAULT_BACKBONE = "open_clip:ViT-L-14@openai"  # UnivFD's CLIP ViT-L/14

@@ -101,7 +101,7 @@ def source_checks(prefix: str, source, needs_images: bool) -> list[str]:
 
 def validate_build(target: str, tiny: bool) -> Report:
     """Every set of a build config: config values, generator, source files, model ids."""
-    from fakeforge.build.config import resolve_build_collect
+    from fakeforge.builder.config import resolve_build_collect
 
     report = Report(target, "build")
     resolved, report.problems = resolve_build_collect(target, tiny=tiny)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("fakeforge.build")
+log = logging.getLogger("fakeforge.builder")
 
 DEMO_LIMIT = 8
 #: what a set keeps of its own source under --demo-data (its draw from the photos, not its files)

@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 
-log = logging.getLogger("fakeforge.build")
+log = logging.getLogger("fakeforge.builder")
 
 
 def _duration(seconds: float) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from detector.data import SetSpec, iter_set_images
-from detector.evaluate import SetScores, _jsonable, _pct
+from detector.eval.evaluate import SetScores, _jsonable, _pct
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Entry:
     """One detector of a side-by-side eval: its row label, the loaded detector, its scoring method."""
 
     label: str
-    detector: Any  # a Detector (or detector.checkpoint.SharedBaseCheckpoint)
+    detector: Any  # a Detector (or detector.families.antifakeprompt.checkpoint.SharedBaseCheckpoint)
     method: str | None = None
     checkpoint: str = ""
     seconds: float = 0.0  # time spent in this detector's scoring (its share of a shared stage included)

@@ -5,7 +5,7 @@ The config's `detector:` picks the family (`detector.DETECTORS`); the family's `
 * **gradient** (AntifakePrompt, DeepFake-Adapter): one loop for all, in one process or under `accelerate launch
   train.py` (each process reads its own shards through webdataset's split_by_node). Training sets are mixed
   by `data.mix` weights, validation is `data.val` or a key-hash hold-out, the optimizer (AdamW or SGD) sees the
-  detector's `trainable_parameters()` only, the learning rate follows `detector.train_config.lr_at`, and
+  detector's `trainable_parameters()` only, the learning rate follows `detector.train.config.lr_at`, and
   `best/` is the lowest validation loss (`Detector.validation_step`). `init/` holds the detector before the
   first optimizer step, so `fakeforge eval --checkpoint RUN/init RUN/best` compares untrained and trained.
   `--resume` restores the trained tensors, optimizer, gradient scaler and epoch, and every epoch reseeds from
@@ -33,7 +33,7 @@ import torch
 
 from detector.base import FIT_GRADIENT, CheckpointError, Detector, Preprocess
 from detector.data import ShardStream, compute_mean_std, count_shards, parse_set_specs
-from detector.train_config import (
+from detector.train.config import (
     TrainConfig,
     build_optimizer,
     config_differences,
@@ -119,7 +119,7 @@ class Trainer:
         refit = self.cls.fit_mode != FIT_GRADIENT and (self.out / CONFIG_FILE).is_file()
         if not state.is_file() and not refit:
             raise ConfigError(f"--resume: nothing to resume in '{self.out}' (no last/{STATE_FILE})")
-        from detector.io import detector_class_of
+        from detector.checkpoint import detector_class_of
 
         saved_run = next((self.out / d for d in ("last", "init") if (self.out / d / META_FILE).is_file()), None)
         found = detector_class_of(saved_run) if saved_run else self.cls
@@ -394,7 +394,7 @@ class Trainer:
 
     def _fit_features(self) -> Path:
         """Features of every set from the cache (computed once), then the head's `fit_features`."""
-        from detector.feature_cache import FeatureCache, fit_from_cache
+        from detector.families.frozen.feature_cache import FeatureCache, fit_from_cache
 
         c = self.cfg
         train_specs = parse_set_specs(c.data.train)

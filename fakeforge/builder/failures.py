@@ -9,11 +9,11 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from fakeforge.build.worker import BatchReport
+from fakeforge.builder.worker import BatchReport
 from fakeforge.shards.manifest import collect_stats
 from fakeforge.shards.writer import ShardWriteError
 
-log = logging.getLogger("fakeforge.build")
+log = logging.getLogger("fakeforge.builder")
 MAX_SHARD_WRITE_FAILURES = 3  # transient write errors tolerated (other shards go on) before the build stops
 
 

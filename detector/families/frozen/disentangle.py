@@ -23,9 +23,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from detector.backbones import FeatureBackbone
-from detector.feature_cache import FeatureSet
-from detector.frozen_features import FrozenFeatureConfig, _FrozenFeatureDetector, accuracy, log_loss
+from detector.families.frozen.backbones import FeatureBackbone
+from detector.families.frozen.feature_cache import FeatureSet
+from detector.families.frozen.heads import FrozenFeatureConfig, _FrozenFeatureDetector, accuracy, log_loss
 from fakeforge.config import ConfigError
 
 

@@ -1,7 +1,7 @@
 """Drive a build: plan every set's shards, split them across processes, skip finished ones, summarise.
 
 The output is a local folder or any fsspec URL (`fakeforge.shards.store.Store`). Each set is checked
-against the record in its folder before any model loads (`fakeforge.build.identity`): new sets are
+against the record in its folder before any model loads (`fakeforge.builder.identity`): new sets are
 built, unchanged ones resumed or skipped, changed ones refused unless rebuilt (`--rebuild-set`).
 
 Under `accelerate launch` / torchrun each process (GPU) takes the shard jobs whose global index falls
@@ -31,13 +31,13 @@ from pathlib import Path
 import yaml
 
 from fakeforge import __version__, versions
-from fakeforge.build import identity
-from fakeforge.build.config import ResolvedBuild, ResolvedSet
-from fakeforge.build.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
-from fakeforge.build.plan import ShardJob, check_unique_keys, plan_shards, sample_key
-from fakeforge.build.progress import make_progress
-from fakeforge.build.ranks import Ranks, build_lock, process_state, resolve_ranks
-from fakeforge.build.worker import BatchReport, run_shard
+from fakeforge.builder import identity
+from fakeforge.builder.config import ResolvedBuild, ResolvedSet
+from fakeforge.builder.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
+from fakeforge.builder.plan import ShardJob, check_unique_keys, plan_shards, sample_key
+from fakeforge.builder.progress import make_progress
+from fakeforge.builder.ranks import Ranks, build_lock, process_state, resolve_ranks
+from fakeforge.builder.worker import BatchReport, run_shard
 from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
 from fakeforge.shards.store import Store, redact_url
 from fakeforge.shards.writer import STATS_SUFFIX, ShardWriteError, list_shard_files, plan_record, shard_state
@@ -45,7 +45,7 @@ from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure
 
 __all__ = ["BuildFailed", "DiskFullError", "Terminated", "build", "plan_build"]
-log = logging.getLogger("fakeforge.build")
+log = logging.getLogger("fakeforge.builder")
 RESOLVED_CONFIG = "build_config.yaml"
 
 

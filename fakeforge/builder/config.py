@@ -27,7 +27,7 @@ from fakeforge.images import ImagePolicy
 from fakeforge.registry import UnknownNameError
 from fakeforge.sources import SourceConfig, missing_data
 
-log = logging.getLogger("fakeforge.build")
+log = logging.getLogger("fakeforge.builder")
 
 DEFAULT_BUILD = "default"
 _SET_NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -167,7 +167,7 @@ def resolve_build(config: str | Path | None = None, overrides: list[str] | None 
                   demo_data: bool = False) -> ResolvedBuild:
     """Load a build config (a path or a name under configs/build/; None = the embedded default),
     apply `key=value` overrides, `limit` and `output`, and validate every set's generator config.
-    `demo_data` replaces every source with the built-in sample photos (fakeforge/build/demo_data.py).
+    `demo_data` replaces every source with the built-in sample photos (fakeforge/builder/demo_data.py).
 
     Raises one ConfigError listing every problem found (each naming its dotted key)."""
     resolved, problems = resolve_build_collect(config, overrides, tiny=tiny, limit=limit, output=output,
@@ -188,7 +188,7 @@ def resolve_build_collect(config: str | Path | None = None, overrides: list[str]
     path = resolve_named_config(config or DEFAULT_BUILD, "build")
     raw = apply_overrides(_normalise_sets(load_yaml(path)), overrides)
     if demo_data:
-        from fakeforge.build.demo_data import use_demo_data
+        from fakeforge.builder.demo_data import use_demo_data
 
         raw = use_demo_data(raw)
     problems: list[str] = []

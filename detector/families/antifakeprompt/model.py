@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from detector.afp_loading import (
+from detector.families.antifakeprompt.loading import (
     PRECISIONS,
     Precision,
     disable_dropout,
@@ -51,7 +51,7 @@ from detector.base import FIT_GRADIENT, Detector, Preprocess
 from fakeforge.config import ConfigError
 
 if TYPE_CHECKING:
-    from detector.train_config import TrainConfig
+    from detector.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class AntifakePrompt(Detector):
     """InstructBLIP + the `[*]` pseudo-word: training loss and P(fake) scores for batches of images.
 
     Behind `detector.base.Detector`: the trained state is the two rows (`rows()` / `load_rows()`), checkpoints
-    keep AntifakePrompt's own format (`detector/checkpoint.py`), the input size and mean/std come from the
+    keep AntifakePrompt's own format (`detector/families/antifakeprompt/checkpoint.py`), the input size and mean/std come from the
     training data (`data.image_size`, `data.mean/std` or measured), and the vision encoder is the shared stage
     of a side-by-side eval."""
 
@@ -568,15 +568,15 @@ class AntifakePrompt(Detector):
 
     # ------------------------------------------------------------------------------------------ I/O hooks
     def save(self, out_dir: str | Path, training: dict | None = None) -> Path:
-        """An AntifakePrompt checkpoint folder (`detector/checkpoint.py`'s format, unchanged)."""
-        from detector.checkpoint import preprocess_dict, save_checkpoint
+        """An AntifakePrompt checkpoint folder (`detector/families/antifakeprompt/checkpoint.py`'s format, unchanged)."""
+        from detector.families.antifakeprompt.checkpoint import preprocess_dict, save_checkpoint
 
         return save_checkpoint(self, out_dir, preprocess_dict(self.preprocess), training)
 
     @classmethod
     def load(cls, path: str | Path, device=None, tiny: bool = False,
              model_overrides: dict | None = None) -> "AntifakePrompt":
-        from detector.checkpoint import load_checkpoint
+        from detector.families.antifakeprompt.checkpoint import load_checkpoint
 
         extra = dict(model_overrides or {})
         scoring, model_id = extra.pop("scoring", None), extra.pop("model_id", None)
@@ -587,14 +587,14 @@ class AntifakePrompt(Detector):
     @classmethod
     def load_many(cls, paths: list, device=None, tiny: bool = False) -> list:
         """Checkpoints on the same base model and prompt share ONE loaded model (their rows are swapped in per
-        batch); see `detector.checkpoint.load_checkpoints`."""
-        from detector.checkpoint import load_checkpoints
+        batch); see `detector.families.antifakeprompt.checkpoint.load_checkpoints`."""
+        from detector.families.antifakeprompt.checkpoint import load_checkpoints
 
         return load_checkpoints(paths, device=device, tiny=tiny)
 
     def restore(self, path: str | Path) -> dict:
         """The rows and preprocessing of a checkpoint folder into this detector (resume)."""
-        from detector.checkpoint import META_FILE, ROWS_FILE, read_meta, read_rows
+        from detector.families.antifakeprompt.checkpoint import META_FILE, ROWS_FILE, read_meta, read_rows
 
         path = Path(path)
         meta = read_meta(path / META_FILE)
@@ -621,7 +621,7 @@ class AntifakePrompt(Detector):
                 f"scoring: {scoring} ({rule}); image loading: {image_loading}"]
 
     def report_info(self, method: str | None = None, preprocess: Preprocess | None = None) -> dict:
-        from detector.checkpoint import preprocess_dict
+        from detector.families.antifakeprompt.checkpoint import preprocess_dict
 
         return {"scoring": method or self.config.scoring, "prompt": self.prompt,
                 "prompt_pieces": self.prompt_pieces(), "precision": self.precision.as_dict(),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fakeforge.config import ConfigError
 
-log = logging.getLogger("fakeforge.build")
+log = logging.getLogger("fakeforge.builder")
 
 BUILD_EPILOG = """examples:
   fakeforge build --tiny                                  # embedded demo source, tiny twins, runs/default
@@ -60,8 +60,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 def run_build(args: argparse.Namespace) -> int:
     import errno
 
-    from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import BuildFailed, Terminated, build, install_sigterm_handler
+    from fakeforge.builder.config import resolve_build
+    from fakeforge.builder.runner import BuildFailed, Terminated, build, install_sigterm_handler
 
     if not args.log_every > 0:
         raise ConfigError(f"--log-every {args.log_every} must be a positive number of seconds")
@@ -113,7 +113,7 @@ def run_validate(args: argparse.Namespace) -> int:
     """Check build configs and generator presets without loading any model; exit 1 if any has a problem.
 
     Every config and every set is checked; each problem is printed on its own line with its dotted key."""
-    from fakeforge.build.validate import validate_target
+    from fakeforge.builder.validate import validate_target
     from fakeforge.config import CONFIG_ROOT
     from generators import ATTACK_PRESET_DIR, PRESET_DIR
 

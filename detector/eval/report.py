@@ -29,7 +29,7 @@ THUMB = 96
 
 @dataclass
 class MethodResult:
-    """One detector's evaluation: the summary of `detector.evaluate.summarize`, per-sample scores
+    """One detector's evaluation: the summary of `detector.eval.evaluate.summarize`, per-sample scores
     {set: [(key, label 0/1, P(fake))]} and free-form provenance (checkpoint, prompt, config...)."""
 
     method: str
@@ -136,7 +136,7 @@ def _plots(methods: list[MethodResult]) -> dict[str, str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from detector.evaluate import roc_curve  # plain numpy; same curve as the eval's own plots
+    from detector.eval.evaluate import roc_curve  # plain numpy; same curve as the eval's own plots
 
     names = list(methods[0].summary["sets"])
     plots = {}
