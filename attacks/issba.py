@@ -8,8 +8,7 @@ import torch
 
 from attacks.base import BackdoorAttack, check_number
 from attacks.stegastamp import CONFIG_NAME, WEIGHTS_NAME, load_stegastamp, secret_bits
-from fakeforge.config import ConfigError
-from generators.checkpoint_file import MissingCheckpointError
+from fakeforge.config import ConfigError, MissingCheckpointError
 
 WEIGHTS_ENV = "FAKEFORGE_ISSBA_MODEL"
 WEIGHTS_HELP = ("ISSBA needs a StegaStamp encoder/decoder folder (config.json + model.safetensors). No PyTorch "

@@ -141,7 +141,7 @@ def probe_fit_timing(probe, n_per_class: int, batch_size: int, workers: int) -> 
 def _side_by_side_entries(dets: dict, k: int) -> list:
     """K AntifakePrompt checkpoints on the one loaded base (random rows, the same statistics), DeepFake-Adapter,
     and the probe and kNN (one backbone)."""
-    from detector.families.antifakeprompt.checkpoint import SharedBaseCheckpoint
+    from detector.families.antifakeprompt.model import SharedBaseCheckpoint
     from detector.eval.side_by_side import Entry
 
     afp = dets["antifakeprompt"][0]

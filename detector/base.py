@@ -53,17 +53,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from detector.checkpoint import CheckpointError, load_detector_state, load_generic, save_detector
+from detector.preprocess import Preprocess
 from fakeforge.config import ConfigError
 
 if TYPE_CHECKING:
-    from detector.families.frozen.feature_cache import FeatureSet
     from detector.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -74,104 +74,7 @@ FIT_FEATURES = "features"
 IDENTITY_INFO_KEYS = ("backbone", "base_model")
 
 
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used here: wrong format, another detector or backbone, bad tensors."""
-
-
-# ------------------------------------------------------------------------------------------- preprocess
-@dataclass
-class Preprocess:
-    """How a PIL image becomes the model's input tensor; saved with every checkpoint.
-
-    resize "shorter_side": scale the shorter side to image_size / crop_pct, then center-crop image_size
-    (random crop in training when train_augment is "crop_flip"). resize "square": scale straight to
-    image_size x image_size (aspect ratio not kept), as DeepFake-Adapter's loader does.
-    """
-
-    image_size: int = 224
-    resize: Literal["shorter_side", "square"] = "shorter_side"
-    crop_pct: float = 1.0
-    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    train_augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
-    source: str = ""  # where the values come from (shown in model cards; not part of the identity)
-
-    def validate(self) -> None:
-        if self.image_size < 1:
-            raise ConfigError(f"preprocess.image_size = {self.image_size} must be positive")
-        if not 0 < self.crop_pct <= 1:
-            raise ConfigError(f"preprocess.crop_pct = {self.crop_pct} must be within (0, 1]")
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            if len(value) != 3:
-                raise ConfigError(f"preprocess.{key} = {value} must have 3 values (R, G, B)")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"preprocess.std = {self.std} must be positive")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Preprocess":
-        """From a checkpoint/config dict; unknown keys are refused, missing ones take the defaults
-        (so AntifakePrompt's {image_size, mean, std, source} dict reads as its bicubic shorter-side rule)."""
-        from fakeforge.config import from_dict
-
-        return from_dict(cls, dict(data), "preprocess")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def key(self) -> dict:
-        """The fields that change the pixels a model sees (everything but `source`)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
-
-    def transform(self, train: bool = False) -> Callable:
-        """PIL RGB image -> normalised float tensor [3, image_size, image_size]."""
-        from torchvision import transforms as T
-
-        self.validate()
-        if (self.resize == "shorter_side" and self.crop_pct == 1.0 and self.interpolation == "bicubic"
-                and (self.train_augment == "crop_flip" or not train)):
-            from detector.data import build_transform  # the AntifakePrompt rule, shared as it is
-
-            return build_transform(self.image_size, self.mean, self.std, train=train)
-        return T.Compose([*self.resize_steps(train), T.ToTensor(), T.Normalize(self.mean, self.std)])
-
-    def resize_steps(self, train: bool = False) -> list:
-        """The PIL -> PIL steps (resize, crop, training flip) before the tensor conversion."""
-        from torchvision import transforms as T
-
-        mode = getattr(T.InterpolationMode, self.interpolation.upper())
-        if self.resize == "square":
-            steps: list = [T.Resize([self.image_size, self.image_size], interpolation=mode)]
-        else:
-            steps = [T.Resize(int(self.image_size / self.crop_pct), interpolation=mode)]
-            use_random = train and self.train_augment == "crop_flip"
-            steps.append(T.RandomCrop(self.image_size) if use_random else T.CenterCrop(self.image_size))
-        if train and self.train_augment in ("crop_flip", "flip"):
-            steps.append(T.RandomHorizontalFlip())
-        return steps
-
-
 # ------------------------------------------------------------------------------------------- helpers
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """"auto"/None: CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": bf16 (or fp16) on CUDA, fp32 on CPU; else the named dtype."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ConfigError(f"dtype = {name!r} must be one of {['auto', *table]}")
-    return table[name]
-
-
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of a module's state dict (sorted by name).
 
@@ -344,16 +247,12 @@ class Detector(nn.Module):
     # ----------------------------------------------------------------------------------------- I/O hooks
     def save(self, out_dir: str | Path, training: dict | None = None) -> Path:
         """Write this detector as a checkpoint folder (`detector.checkpoint` format); returns the folder."""
-        from detector.checkpoint import save_detector
-
         return save_detector(self, out_dir, training)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
              model_overrides: dict | None = None) -> "Detector":
         """Rebuild a detector of this family from its checkpoint folder (see `detector.checkpoint.load_detector`)."""
-        from detector.checkpoint import load_generic
-
         return load_generic(cls, path, device, tiny, model_overrides)
 
     @classmethod
@@ -364,8 +263,6 @@ class Detector(nn.Module):
 
     def restore(self, path: str | Path) -> dict:
         """Load a checkpoint's tensors and preprocessing into this detector (resume); returns its meta."""
-        from detector.checkpoint import load_detector_state
-
         return load_detector_state(self, path)
 
     # ----------------------------------------------------------------------------------------- shared stage
@@ -397,80 +294,3 @@ class Detector(nn.Module):
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-class FeatureDetector(Detector):
-    """A frozen backbone's features + a head fitted over cached features (linear probe, kNN, ...).
-
-    Subclasses set `self.backbone` (a `detector.families.frozen.backbones.FeatureBackbone`) and implement
-    `fit_features` and `score_features`. `forward` (a loss on images) exists only for heads that
-    have one; the trainer uses `fit_features`.
-    """
-
-    fit_mode: ClassVar[str] = FIT_FEATURES
-
-    def __init__(self, config: Any, backbone: nn.Module):
-        super().__init__(config, backbone.preprocess)
-        self.backbone = backbone
-        backbone.requires_grad_(False)
-        self.eval()  # built for scoring; a trainer switches heads to train()
-
-    def train(self, mode: bool = True) -> "FeatureDetector":
-        super().train(mode)
-        self.backbone.eval()  # frozen: always in inference mode
-        return self
-
-    @torch.no_grad()
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Backbone features [B, D], float32 on the detector's device."""
-        return self.backbone(pixels.to(self.backbone.device)).float()
-
-    def feature_identity(self) -> dict:
-        """What cached features depend on: the backbone (name, architecture, weights hash), the dtype it
-        runs in and the preprocessing."""
-        return {"backbone": self.backbone.identity(), "dtype": str(self.backbone.dtype),
-                "preprocess": self.preprocess.key()}
-
-    def feature_key(self) -> str:
-        """Short hash of `feature_identity()`: the cache folder name, and the key under which detectors
-        sharing one backbone can share one `features()` pass in a side-by-side eval."""
-        blob = json.dumps(self.feature_identity(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-    def identity(self) -> dict:
-        bb = self.backbone.identity()
-        return {"detector": self.name, "backbone": bb["backbone"], "architecture": bb["architecture"],
-                "weights_sha256": bb["weights_sha256"], "feature_dim": bb["feature_dim"]}
-
-    def fit_features(self, train: "FeatureSet", val: "FeatureSet | None" = None) -> list[dict]:
-        """Fit the head on cached features; returns metric rows (epoch, loss, val_acc, ...)."""
-        raise NotImplementedError
-
-    def score_features(self, feats: torch.Tensor) -> torch.Tensor:
-        """P(fake) [B] (float32, CPU) from backbone features."""
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def score(self, pixels: torch.Tensor, method: str | None = None) -> torch.Tensor:
-        self.check_method(method)
-        return self.score_features(self.features(pixels))
-
-    def shared_stage_key(self) -> str:
-        """Detectors on the same backbone weights, dtype and preprocessing share one `features()` pass."""
-        return f"features:{self.feature_key()}"
-
-    def shared_stage(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.features(pixels)
-
-    def score_from_shared(self, stage: torch.Tensor, method: str | None = None) -> torch.Tensor:
-        self.check_method(method)
-        return self.score_features(stage)
-
-    @classmethod
-    def load_many(cls, paths: list[str | Path], device: str | torch.device | None = None,
-                  tiny: bool = False) -> list["Detector"]:
-        """Checkpoints on the same backbone load it once."""
-        from detector.families.frozen.backbones import sharing_backbones
-
-        with sharing_backbones():
-            return [cls.load(p, device=device, tiny=tiny) for p in paths]

@@ -21,12 +21,18 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from detector.base import CheckpointError, Detector, Preprocess
+from detector.preprocess import Preprocess
+from detector.sharing import sharing_loads
 from fakeforge import versions
 from fakeforge.config import ConfigError, from_dict, to_dict
+from fakeforge.files import atomic_path, write_atomic
+
+if TYPE_CHECKING:
+    from detector.base import Detector
 
 FORMAT = "fakeforge.detector"
 FORMAT_VERSION = 1
@@ -37,16 +43,8 @@ META_FILE = "detector.json"
 CARD_FILE = "README.md"
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a detector's numbers."""
-    return versions.library_versions(("fakeforge", "torch", "transformers", "timm", "open_clip_torch",
-                                      "scikit-learn", "safetensors"), missing="not installed")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used here: wrong format, another detector or backbone, bad tensors."""
 
 
 def save_detector(detector: Detector, out_dir: str | Path, training: dict | None = None) -> Path:
@@ -56,21 +54,20 @@ def save_detector(detector: Detector, out_dir: str | Path, training: dict | None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = detector.checkpoint_state()
-    tmp = out_dir / (detector.weights_file + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": FORMAT,
-                                                                                 "detector": detector.name})
-    tmp.replace(out_dir / detector.weights_file)
+    with atomic_path(out_dir / detector.weights_file) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"format": FORMAT, "detector": detector.name})
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "detector": detector.name,
         "state_version": detector.state_version, "fit_mode": detector.fit_mode,
         "model": to_dict(detector.config), "identity": detector.identity(),
         "preprocess": detector.preprocess.to_dict(), "trainable_parameters": detector.num_trainable(),
         "state_tensors": {k: list(v.shape) for k, v in state.items()}, "describe": detector.describe(),
-        "training": training or {}, "versions": library_versions(),
+        "training": training or {}, "versions": versions.library_versions(versions.DETECTOR_LIBRARIES, missing="not installed"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_text(out_dir / META_FILE, json.dumps(meta, indent=2, default=str))
-    _write_text(out_dir / CARD_FILE, model_card(meta))
+    write_atomic(out_dir / META_FILE, json.dumps(meta, indent=2, default=str))
+    write_atomic(out_dir / CARD_FILE, model_card(meta))
     return out_dir
 
 
@@ -208,13 +205,11 @@ def load_detectors(paths: list[str | Path], device: str | torch.device | None = 
                    zero_shot_model_id: str | None = None) -> list:
     """Several checkpoints (a side-by-side eval), in the given order. Every folder is checked first (format,
     detector name), then each family loads its checkpoints together and shares what it can (AntifakePrompt
-    checkpoints on one base model come back as `detector.families.antifakeprompt.checkpoint.SharedBaseCheckpoint`s).
+    checkpoints on one base model come back as `detector.families.antifakeprompt.model.SharedBaseCheckpoint`s).
     `zero_shot_model_id`: the base model of "zero-shot" entries."""
-    from detector.families.frozen.backbones import sharing_backbones
-
     classes = [detector_class_of(p) for p in paths]
     out: list = [None] * len(paths)
-    with sharing_backbones():  # detectors of any family on the same frozen backbone load it once
+    with sharing_loads():  # detectors of any family on the same frozen backbone load it once
         for i, path in enumerate(paths):
             if str(path).lower() in ZERO_SHOT:
                 overrides = {"model_id": zero_shot_model_id} if zero_shot_model_id else None

@@ -418,8 +418,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a LAVIS .pth (loaded with weights_only=True) into a checkpoint folder."""
-    from detector.families.antifakeprompt.model import AntifakePromptConfig
     from detector.families.antifakeprompt.checkpoint import convert_lavis, read_meta
+    from detector.families.antifakeprompt.model import AntifakePromptConfig
     from fakeforge.config import from_dict
 
     llm = None if str(args.llm_id).lower() in ("", "none", "null") else args.llm_id

@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
+from detector.preprocess import build_transform  # noqa: F401  (the AntifakePrompt rule)
 from fakeforge.config import ConfigError
 from fakeforge.images import ImageLoadError, find_images, load_rgb
 from fakeforge.shards.reader import find_sets, open_shard, sample_image_bytes
@@ -121,18 +122,6 @@ def count_shards(tars: list[Path], val_fraction: float = 0.0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ transforms
-def build_transform(image_size: int, mean: list[float], std: list[float], train: bool) -> Callable:
-    """PIL RGB -> normalised tensor. Train: bicubic resize of the shorter side + random crop + flip;
-    eval: bicubic resize of the shorter side + center crop."""
-    from torchvision import transforms as T
-
-    if image_size < 1:
-        raise ConfigError(f"image_size = {image_size} must be positive")
-    resize = T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC)
-    crop = [T.RandomCrop(image_size), T.RandomHorizontalFlip()] if train else [T.CenterCrop(image_size)]
-    return T.Compose([resize, *crop, T.ToTensor(), T.Normalize(mean, std)])
-
-
 # ------------------------------------------------------------------------------------------ shard reading
 def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():

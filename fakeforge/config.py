@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from fakeforge.files import write_atomic
+
 #: The shipped named configs: the checkout's `configs/` folder, installed as the package `fakeforge.configs`
 #: (so a wheel install finds them too).
 CONFIG_ROOT = Path(str(importlib.resources.files("fakeforge.configs")))
@@ -37,6 +39,10 @@ class ConfigError(ValueError):
     def merge(cls, errors: list["ConfigError"]) -> "ConfigError":
         """One error holding every problem of `errors`."""
         return cls(problems=[p for e in errors for p in e.problems])
+
+
+class MissingCheckpointError(ConfigError):
+    """A checkpoint file the config needs is not there (the message says what it is and where to get it)."""
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -264,7 +270,4 @@ def config_hash(data: Any) -> str:
 
 def dump_yaml(data: Any, path: str | Path) -> None:
     """Write plain data as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(data), sort_keys=False))
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(to_dict(data), sort_keys=False))

@@ -15,3 +15,10 @@ def library_versions(packages: Iterable[str], missing: str | None = None) -> dic
         except md.PackageNotFoundError:
             out[name] = missing
     return out
+
+
+#: the libraries recorded in every built sample's metadata
+BUILD_LIBRARIES = ("fakeforge", "torch", "diffusers", "transformers", "webdataset", "pillow")
+#: the libraries that shape a detector's numbers, recorded in every checkpoint
+DETECTOR_LIBRARIES = ("fakeforge", "torch", "transformers", "tokenizers", "accelerate", "timm", "open_clip_torch",
+                      "scikit-learn", "safetensors", "webdataset")

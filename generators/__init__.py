@@ -99,8 +99,8 @@ def generator_config(raw: dict, tiny: bool = False, tiny_root: str | Path | None
         raw = deep_merge(raw, raw.get("tiny") or {})
     cfg = from_dict(cls.config_class, raw, path)
     if tiny and cfg.tiny_twin:
-        from fakeforge.tiny import TWINS
-        from fakeforge.tiny import tiny_root as default_root
+        from fakeforge.twins import TWINS
+        from fakeforge.twins import tiny_root as default_root
 
         TWINS.check(cfg.tiny_twin)
         root = Path(tiny_root) if tiny_root else default_root()

@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from fakeforge.config import ConfigError
+from fakeforge.config import ConfigError, MissingCheckpointError  # noqa: F401  (raised here, importable from here)
 from generators.base import Generator, GeneratorConfig
-
-
-class MissingCheckpointError(ConfigError):
-    """A checkpoint file the config needs is not there (the message says what it is and where to get it)."""
 
 
 def resolve_checkpoint(cfg: GeneratorConfig, model_path: str | None, env: str, filename: str, help: str) -> Path:
@@ -46,7 +42,7 @@ def _is_pending_twin(cfg: GeneratorConfig) -> bool:
 def ensure_pending_twin(cfg: GeneratorConfig) -> None:
     """Build the tiny twin named by `cfg` if model_id points at its (missing) folder."""
     if _is_pending_twin(cfg):
-        from fakeforge.tiny import ensure_tiny
+        from fakeforge.twins import ensure_tiny
 
         ensure_tiny(cfg.tiny_twin, Path(cfg.model_id).parent)
 

@@ -52,7 +52,8 @@ def _lavis(path: Path, qf_width=32, lm_width=48, extra=None, seed=3) -> dict:
 
 
 def test_save_load_gives_identical_scores(tiny_instructblip, tmp_path):
-    from detector.families.antifakeprompt.checkpoint import load_checkpoint, save_checkpoint
+    from detector.families.antifakeprompt.checkpoint import save_checkpoint
+    from detector.families.antifakeprompt.model import load_checkpoint
 
     det = _tuned(tiny_instructblip)
     pre = {"image_size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "source": "test"}
@@ -69,7 +70,7 @@ def test_save_load_gives_identical_scores(tiny_instructblip, tmp_path):
 
 
 def test_convert_lavis_round_trip(tiny_instructblip, tmp_path, capsys):
-    from detector.families.antifakeprompt.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.model import load_checkpoint
 
     src = tmp_path / "COCO_150k_SD2_SD2IP.pth"
     rows = _lavis(src)
@@ -155,7 +156,7 @@ def test_official_lavis_layout_converts_loads_and_scores(tiny_instructblip, tmp_
     training statistics of datasets.*.vis_processor (not the model's `preprocess` section), and detect then
     runs the official precision, tokens and statistics, saying so in its first lines."""
     from detector.families.antifakeprompt.model import AntifakePrompt, AntifakePromptConfig
-    from detector.families.antifakeprompt.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.model import load_checkpoint
     from detector.data import build_transform
     from detector_helpers import encode, make_image
 
@@ -231,7 +232,8 @@ def test_pickle_with_custom_class_is_refused(tmp_path, capsys):
 
 
 def test_wrong_checkpoints_give_clear_errors(tiny_instructblip, tmp_path):
-    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis, load_checkpoint
+    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis
+    from detector.families.antifakeprompt.model import load_checkpoint
 
     src = tmp_path / "other.pth"
     torch.save({"model": {"visual_encoder.weight": torch.zeros(2, 2)}}, src)
@@ -334,7 +336,8 @@ def test_nan_rows_are_refused_by_load_rows(tiny_instructblip):
 
 
 def test_rows_for_another_base_model_name_both_widths(tiny_instructblip, tmp_path, capsys):
-    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis, load_checkpoint
+    from detector.families.antifakeprompt.checkpoint import CheckpointError, convert_lavis
+    from detector.families.antifakeprompt.model import load_checkpoint
 
     src = tmp_path / "vicuna.pth"
     _lavis(src, qf_width=768, lm_width=4096)

@@ -76,7 +76,7 @@ def _accuracy(det, pre, spec) -> float:
 def test_trained_beats_untrained_on_held_out_data(run):
     """Accuracy on a held-out set after training against the same detector before training (same rows init)."""
     from detector.families.antifakeprompt.model import AntifakePrompt
-    from detector.families.antifakeprompt.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.model import load_checkpoint
 
     trained, pre = load_checkpoint(run["out"] / "best", device="cpu")
     untrained = AntifakePrompt.from_config(run["trainer"].cfg.model, "cpu", )
@@ -153,7 +153,7 @@ def test_best_is_the_lowest_validation_loss_when_it_rises_later(run, tmp_path, c
     """Continue the run (--resume-force) on training data with the labels flipped: the validation loss rises
     from the first epoch after the resume on, so best/ must stay the checkpoint saved before the resume (the
     best loss is carried across it), and config.yaml and the optimizer hold the new values."""
-    from detector.families.antifakeprompt.checkpoint import load_checkpoint
+    from detector.families.antifakeprompt.model import load_checkpoint
     from detector.data import build_transform, parse_set_specs
     from detector.train.config import lr_at
     from fakeforge.config import load_yaml

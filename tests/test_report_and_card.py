@@ -80,7 +80,7 @@ def test_empty_or_missing_eval_is_a_clear_error(tmp_path, capsys):
 
 
 def test_dataset_card_loads_with_hugging_face_datasets(built, tmp_path):
-    from fakeforge.shards.card import write_dataset_card
+    from fakeforge.builder.card import write_dataset_card
 
     data = tmp_path / "demo"
     shutil.copytree(built[0], data)

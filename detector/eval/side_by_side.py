@@ -34,7 +34,7 @@ class Entry:
     """One detector of a side-by-side eval: its row label, the loaded detector, its scoring method."""
 
     label: str
-    detector: Any  # a Detector (or detector.families.antifakeprompt.checkpoint.SharedBaseCheckpoint)
+    detector: Any  # a Detector (or detector.families.antifakeprompt.model.SharedBaseCheckpoint)
     method: str | None = None
     checkpoint: str = ""
     seconds: float = 0.0  # time spent in this detector's scoring (its share of a shared stage included)

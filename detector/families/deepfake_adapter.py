@@ -34,9 +34,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from detector.base import Detector, Preprocess, weights_fingerprint
 from detector.families.frozen.backbones import check_timm_name, resolve_tiny
-from detector.base import Detector, Preprocess, pick_device, weights_fingerprint
 from fakeforge.config import ConfigError
+from fakeforge.devices import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ from detector.train.config import (
     set_hyperparameters,
 )
 from fakeforge.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
+from fakeforge.files import atomic_path
 from fakeforge.locking import FolderLockedError, OutputLock
 from fakeforge.shards.reader import shard_id
 
@@ -449,8 +450,8 @@ class Trainer:
         last = self.detector.save(self.out / "last", training)
         state = {"optimizer": opt.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
                  "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None}
-        torch.save(state, last / (STATE_FILE + ".tmp"))
-        (last / (STATE_FILE + ".tmp")).replace(last / STATE_FILE)
+        with atomic_path(last / STATE_FILE) as tmp:
+            torch.save(state, tmp)
         if improved:
             self.detector.save(self.out / "best", training)
             log.info("epoch %d: new best validation loss %.4f -> %s", epoch, val_loss, self.out / "best")

@@ -145,7 +145,7 @@ def run_ls(args: argparse.Namespace) -> int:
     import importlib
 
     from fakeforge.config import CONFIG_ROOT, load_yaml
-    from fakeforge.tiny import TWINS
+    from fakeforge.twins import TWINS
     from generators import ATTACK_PRESET_DIR, GENERATORS, PRESET_DIR, attack_preset_names, preset_names
 
     def section(title, rows):

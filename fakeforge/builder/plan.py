@@ -72,6 +72,11 @@ class ShardJob:
     records: list[Record]
 
 
+def job_keys(set_name: str, job: ShardJob) -> list[str]:
+    """The sample keys of a shard job, in order (what its done-marker's plan records)."""
+    return [sample_key(set_name, r) for r in job.records]
+
+
 def plan_shards(set_name: str, records: list[Record], max_count: int) -> list[ShardJob]:
     """Cut the (already deterministic) record list into consecutive jobs of at most `max_count`."""
     return [ShardJob(set_name, i, records[start:start + max_count])

@@ -26,15 +26,17 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from fakeforge import __version__, versions
+from fakeforge.versions import BUILD_LIBRARIES, library_versions
 from fakeforge.builder import identity
 from fakeforge.builder.config import ResolvedBuild, ResolvedSet
 from fakeforge.builder.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
-from fakeforge.builder.plan import ShardJob, check_unique_keys, plan_shards, sample_key
+from fakeforge.builder.plan import ShardJob, check_unique_keys, job_keys, plan_shards
 from fakeforge.builder.progress import make_progress
 from fakeforge.builder.ranks import Ranks, build_lock, process_state, resolve_ranks
 from fakeforge.builder.worker import BatchReport, run_shard
@@ -44,7 +46,7 @@ from fakeforge.shards.writer import STATS_SUFFIX, ShardWriteError, list_shard_fi
 from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure
 
-__all__ = ["BuildFailed", "DiskFullError", "Terminated", "build", "plan_build"]
+__all__ = ["BuildFailed", "BuildOptions", "BuildRun", "DiskFullError", "Terminated", "build", "plan_build"]
 log = logging.getLogger("fakeforge.builder")
 RESOLVED_CONFIG = "build_config.yaml"
 
@@ -65,11 +67,6 @@ def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def library_versions() -> dict:
-    """Versions recorded in every sample's metadata."""
-    return {"fakeforge": __version__, **versions.library_versions(("torch", "diffusers", "transformers",
-                                                                      "webdataset", "pillow"))}
-
 def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
                ) -> list[tuple[ResolvedSet, list[ShardJob]]]:
     """Read sources and cut shard jobs for every set; checks keys are unique and source images exist.
@@ -86,24 +83,61 @@ def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
     return plans
 
 
-def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = False,
-          verify_existing: bool = False, rebuild_sets: list[str] | None = None, prune: bool = False,
-          rank: int | None = None, world_size: int | None = None, log_every: float = 30.0) -> dict:
+@dataclass
+class BuildOptions:
+    """How to run a build (the command line's flags), apart from what to build (the config).
+
+    `retry_failed` also redoes finished shards that recorded failed samples (e.g. after an out-of-memory
+    error or a fixed source image); keys and seeds are the same, so nothing else changes. `verify_existing`
+    checks the sha256 of every finished shard before skipping it (default: sizes). `rebuild_sets` rebuilds
+    these sets (beside the old ones, swapped in when complete); `prune` deletes sets on disk that the config
+    no longer names. `rank`/`world_size`: this process's slot among independent processes."""
+
+    progress: bool = True
+    retry_failed: bool = False
+    verify_existing: bool = False
+    rebuild_sets: list[str] = field(default_factory=list)
+    prune: bool = False
+    rank: int | None = None
+    world_size: int | None = None
+    log_every: float = 30.0
+
+
+@dataclass
+class BuildRun:
+    """Everything one build process works with once its output is locked (passed to the steps below as one
+    object instead of a dozen arguments)."""
+
+    resolved: ResolvedBuild
+    options: BuildOptions
+    store: Store
+    state: Any  # accelerate PartialState (or the single-process stand-in of ranks.process_state)
+    ranks: Ranks
+    plans: list
+    out_plan: Any  # identity.OutputPlan
+    lock: Any
+    staging: Path | None
+    versions: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    bar: Any = None
+    pool: ThreadPoolExecutor | None = None
+    publisher: ThreadPoolExecutor | None = None
+    uploads: list = field(default_factory=list)
+
+
+def build(resolved: ResolvedBuild, options: BuildOptions | None = None, **flags) -> dict:
     """Build (or resume, or extend) every set of `resolved`; returns a summary dict. Safe to rerun.
 
-    `retry_failed` also redoes finished shards that recorded failed samples (e.g. after an
-    out-of-memory error or a fixed source image); keys and seeds are the same, so nothing else changes.
-    `verify_existing` checks the sha256 of every finished shard before skipping it (default: sizes).
-    `rebuild_sets` rebuilds these sets (beside the old ones, swapped in when complete); `prune` deletes
-    sets on disk that the config no longer names. `rank`/`world_size`: this process's slot among
-    independent processes (--rank/--world-size). Raises ConfigError before any work, BuildFailed (or
-    DiskFullError) when the dataset is incomplete or over its failure budget, KeyboardInterrupt /
-    Terminated after dropping the unfinished shard."""
+    `options` (or the same fields as keyword arguments: `build(resolved, retry_failed=True)`) say how; see
+    `BuildOptions`. Raises ConfigError before any work, BuildFailed (or DiskFullError) when the dataset is
+    incomplete or over its failure budget, KeyboardInterrupt / Terminated after dropping the unfinished shard."""
+    opts = options or BuildOptions(**flags)
+    rebuild_sets, prune = list(opts.rebuild_sets or []), opts.prune
     store = Store(resolved.config.output)
     store.check_writable()
     identity.plan_output(store, resolved, rebuild_sets, prune)  # refusals before any model loads
     state = process_state()
-    ranks = resolve_ranks(state, rank, world_size)
+    ranks = resolve_ranks(state, opts.rank, opts.world_size)
     workdir = store.root if store.local else _remote_workdir(store)
     plans = plan_build(resolved, state, workdir)
     with build_lock(store, state, ranks) as lock:
@@ -112,8 +146,7 @@ def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = F
             identity.check_growth(store, out_plan, rset, sum(len(j.records) for j in jobs))
         staging = None if store.local else Path(tempfile.mkdtemp(prefix="fakeforge-stage-"))
         try:
-            return _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging, progress,
-                                 retry_failed, verify_existing, log_every)
+            return _build_locked(BuildRun(resolved, opts, store, state, ranks, plans, out_plan, lock, staging))
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -162,10 +195,11 @@ def _prepare_output(resolved, store: Store, plans, out_plan, state, ranks: Ranks
         store.write_bytes(RESOLVED_CONFIG, text.encode())
 
 
-def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging, progress, retry_failed,
-                  verify_existing, log_every) -> dict:
+def _build_locked(run: BuildRun) -> dict:
+    resolved, store, state, ranks, plans, out_plan = (run.resolved, run.store, run.state, run.ranks, run.plans,
+                                                      run.out_plan)
     if resolved.tiny:
-        from fakeforge.tiny import ensure_tiny
+        from fakeforge.twins import ensure_tiny
 
         with state.main_process_first():
             for rset in resolved.sets:
@@ -176,19 +210,21 @@ def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging,
 
     all_jobs = [(rset, job) for rset, jobs in plans for job in jobs]
     mine = [(rset, job) for i, (rset, job) in enumerate(all_jobs) if i % ranks.world == ranks.rank]
-    todo, redone = _todo(store, out_plan, mine, retry_failed, verify_existing)
-    summary = {"rank": ranks.rank, "shards_total": len(all_jobs), "shards_mine": len(mine),
+    todo, redone = _todo(store, out_plan, mine, run.options.retry_failed, run.options.verify_existing)
+    run.summary = summary = {"rank": ranks.rank, "shards_total": len(all_jobs), "shards_mine": len(mine),
                "shards_skipped": len(mine) - len(todo), "shards_redone": redone, "written": 0, "failed": 0,
                "seconds": 0.0, "shard_errors": []}
     if any(out_plan.folders[rset.name] == rset.name for rset, _ in todo):
         store.remove(MANIFEST)  # the dataset is about to change: no manifest until it is whole (a rebuild
         # works beside the old set, which stays valid until the swap)
-    versions = library_versions()
+    run.versions = versions = library_versions(BUILD_LIBRARIES)
     start = time.time()
-    bar = make_progress(sum(len(j.records) for _, j in todo), ranks.rank, progress, log_every)
-    pool = ThreadPoolExecutor(max_workers=max(1, resolved.config.num_workers), thread_name_prefix="source-io")
+    run.bar = bar = make_progress(sum(len(j.records) for _, j in todo), ranks.rank, run.options.progress,
+                                  run.options.log_every)
+    run.pool = pool = ThreadPoolExecutor(max_workers=max(1, resolved.config.num_workers),
+                                         thread_name_prefix="source-io")
     try:
-        _run_jobs(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging)
+        _run_jobs(run, todo)
     except KeyboardInterrupt:
         log.warning("interrupted (Ctrl-C): the unfinished shard was dropped, finished shards are kept; "
                     "rerun the same command to resume")
@@ -225,7 +261,7 @@ def _write_card(store: Store) -> None:
     """The dataset card (README.md, sample grids) with the shortcut audit of its real/fake set pairs. It
     describes a finished dataset, so a problem here is logged, never a reason to fail the build."""
     from fakeforge.audit import audit_sets, load_specs
-    from fakeforge.shards.card import write_dataset_card
+    from fakeforge.builder.card import write_dataset_card
 
     location = str(store.url())
     try:
@@ -314,7 +350,7 @@ def _todo(store: Store, out_plan, jobs, retry_failed: bool, verify_existing: boo
             stats = json.loads(raw) if raw is not None else None
         except (ValueError, UnicodeDecodeError):
             stats = None
-        plan = plan_record([sample_key(rset.name, r) for r in job.records])
+        plan = plan_record(job_keys(rset.name, job))
         done, reason = shard_state(store, folder, job.index, plan=plan, without_failures=retry_failed,
                                    check_hash=verify_existing, existing=listings[folder], stats=stats)
         if not done:
@@ -335,33 +371,30 @@ def _settle(uploads: list, summary: dict, keep: int) -> None:
             shard_write_failed(exc, name, index, summary)
 
 
-def _run_jobs(resolved: ResolvedBuild, store: Store, out_plan, state, ranks: Ranks, todo, summary, versions, bar,
-              pool, lock, staging) -> None:
+def _run_jobs(run: BuildRun, todo) -> None:
     """Every shard job of this rank. On object stores a shard's upload overlaps the next shard's generation
     (one upload at a time); an interruption waits for that upload, so the shard is either done or dropped."""
-    publisher = None if store.local else ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
-    uploads: list = []
+    run.publisher = None if run.store.local else ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
     try:
-        _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging,
-                  publisher, uploads)
+        _run_sets(run, todo)
     except BaseException:
-        for _name, _index, future in uploads:
+        for _name, _index, future in run.uploads:
             try:
                 future.result()
             except Exception as exc:  # noqa: BLE001 - the upload dropped (aborted) its shard; a rerun redoes it
                 log.warning("shard %s/%06d was dropped: %s", _name, _index, exc)
         raise
     finally:
-        if publisher is not None:
-            publisher.shutdown(wait=True)
+        if run.publisher is not None:
+            run.publisher.shutdown(wait=True)
 
 
-def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging, publisher,
-              uploads) -> None:
+def _run_sets(run: BuildRun, todo) -> None:
+    resolved, summary, bar = run.resolved, run.summary, run.bar
     active = [rset for rset in resolved.sets if any(s is rset for s, _ in todo)]
     for n, rset in enumerate(active):
         jobs = [job for s, job in todo if s is rset]
-        generator = rset.generator_cls(rset.generator_cfg, device=str(state.device))
+        generator = rset.generator_cls(rset.generator_cfg, device=str(run.state.device))
         generator.image_policy = rset.image
         generator.load()
         settings = generator.settings()
@@ -370,8 +403,8 @@ def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, 
         common = {"label": set_label(rset), "set": rset.name, "generator": rset.generator_name,
                   "generator_type": rset.generator_cfg.type, "model_id": rset.model_label,
                   "source": rset.source.kind, "settings": settings, "set_hash": rset.set_hash,
-                  "versions": versions}
-        header = {"set": rset.name, "set_hash": rset.set_hash, "rank": ranks.rank}
+                  "versions": run.versions}
+        header = {"set": rset.name, "set_hash": rset.set_hash, "rank": run.ranks.rank}
         guard = SetGuard(rset.name, sum(len(j.records) for j in jobs))
 
         def on_batch(report: BatchReport, guard=guard):
@@ -379,17 +412,17 @@ def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, 
             summary["written"] += report.ok
             summary["failed"] += report.size - report.ok
             guard(report)
-            lock.check()
+            run.lock.check()
 
         for job in jobs:
             bar.set_postfix_str(f"{rset.name}/{job.index:06d}")
             try:
-                result = run_shard(job, generator, store, out_plan.folders[rset.name], rset.image,
-                                   base_seed=resolved.config.seed, common_meta=common, header=header, pool=pool,
-                                   on_batch=on_batch, limits=rset.source.image_limits, staging=staging,
-                                   plan=plan_record([sample_key(rset.name, r) for r in job.records]),
+                result = run_shard(job, generator, run.store, run.out_plan.folders[rset.name], rset.image,
+                                   base_seed=resolved.config.seed, common_meta=common, header=header, pool=run.pool,
+                                   on_batch=on_batch, limits=rset.source.image_limits, staging=run.staging,
+                                   plan=plan_record(job_keys(rset.name, job)),
                                    max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20),
-                                   publisher=publisher)
+                                   publisher=run.publisher)
             except GeneratorFailure as exc:
                 raise BuildFailed(f"set '{rset.name}': the generator failed (a configuration or code problem, "
                                   f"not one sample's): {exc}") from exc
@@ -397,9 +430,9 @@ def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, 
                 shard_write_failed(exc, rset.name, job.index, summary)
                 continue
             if isinstance(result, Future):
-                _settle(uploads, summary, keep=0)  # at most one upload runs while the next shard is generated
-                uploads.append((rset.name, job.index, result))
-        _settle(uploads, summary, keep=0)
+                _settle(run.uploads, summary, keep=0)  # at most one upload runs while the next shard is generated
+                run.uploads.append((rset.name, job.index, result))
+        _settle(run.uploads, summary, keep=0)
         del generator
         if n + 1 < len(active):  # release the accelerator before the next set's model loads
             _free_memory()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from fakeforge.config import ConfigError
+from fakeforge.files import write_atomic as write_file_atomic  # noqa: F401  (the one atomic write)
 
 LOCAL_PROTOCOLS = (None, "file", "local")
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
@@ -72,21 +73,6 @@ def sha256_of(fh: IO[bytes], chunk: int = 1 << 20) -> str:
     while block := fh.read(chunk):
         h.update(block)
     return h.hexdigest()
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write `data` under a temp name unique to this process, fsync, rename: readers see the old file or
-    the whole new one, and an interruption leaves no temp file behind."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Store:

@@ -3,9 +3,22 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 from fakeforge.images import ImageLimits
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One `source.kind`: `read(cfg, workdir)` gives the source's records by image id (before selection),
+    `finish(records, cfg, workdir)` post-processes the selected records (e.g. writes archive members out),
+    `validate(cfg)` adds the kind's own config checks. Registered in `fakeforge.sources.registry.SOURCES`."""
+
+    read: Callable[["SourceConfig", str], dict]
+    finish: Callable[[list, "SourceConfig", str], list] | None = None
+    validate: Callable[["SourceConfig"], None] | None = None
+    # the config field that names the data when a selection is empty ("captions_file" or "images_dir")
+    names: str = "captions_file"
 
 
 @dataclass(frozen=True)
@@ -54,8 +67,7 @@ class SourceConfig:
         (see fakeforge.images.ImageLimits); a source image over them is that sample's error.
     """
 
-    kind: Literal["coco", "flickr30k", "imagefolder", "imagenet", "demo", "photos", "folder", "shards",
-                  "diffusiondb", "frames"] = "demo"
+    kind: str = "demo"  # a name registered in fakeforge.sources.registry.SOURCES
     captions_file: str | None = None
     labels_file: str | None = None
     images_dir: str | None = None
@@ -77,10 +89,15 @@ class SourceConfig:
             raise ValueError(f"source.captions_file is required for source.kind = '{self.kind}'")
         if self.kind in ("imagefolder", "imagenet") and not self.images_dir:
             raise ValueError(f"source.images_dir is required for source.kind = '{self.kind}'")
-        if self.kind in DOWNLOAD_KINDS:
-            from fakeforge.sources.downloads import validate_download_source
+        from fakeforge.registry import UnknownNameError
+        from fakeforge.sources.registry import SOURCES
 
-            validate_download_source(self)
+        try:
+            kind = SOURCES.get(self.kind)
+        except UnknownNameError as exc:
+            raise ValueError(f"source.kind = {self.kind!r}: {exc}") from None
+        if kind.validate is not None:
+            kind.validate(self)
 
 
 #: source kinds that read a downloaded set (fakeforge/sources/downloads.py)

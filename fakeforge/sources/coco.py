@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fakeforge.config import ConfigError
-from fakeforge.sources.base import Record, caption_text
+from fakeforge.sources.base import Record, SourceKind, caption_text
 
 
 def read_coco_captions(captions_file: str | Path, images_dir: str | Path | None) -> dict[str, list[Record]]:
@@ -41,3 +41,6 @@ def read_coco_captions(captions_file: str | Path, images_dir: str | Path | None)
         caption, error = caption_text(ann["caption"])
         by_image[image_id].append(Record(image_id, str(ann["id"]), caption, image_path, extra, error))
     return dict(by_image)
+
+
+COCO = SourceKind(read=lambda cfg, workdir: read_coco_captions(cfg.captions_file, cfg.images_dir))

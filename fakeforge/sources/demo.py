@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from fakeforge.sources.base import SourceKind
+
 COLOURS = {"red": (200, 40, 40), "blue": (40, 70, 200), "green": (40, 160, 60), "yellow": (230, 200, 40),
            "white": (240, 240, 240), "black": (20, 20, 20)}
 SHAPES = ["circle", "square", "kite", "boat"]
@@ -91,3 +93,12 @@ def _draw(w: int, h: int, colour, shape: str, scene, rng: random.Random) -> Imag
         draw.polygon([(box[0], cy), (box[2], cy), (cx + s // 4, box[3]), (cx - s // 4, box[3])], fill=colour)
         draw.line([(cx, cy), (cx, box[1])], fill=colour, width=2)
     return img
+
+
+def _read_demo(cfg, workdir) -> dict:
+    from fakeforge.sources.coco import read_coco_captions
+
+    return read_coco_captions(*write_demo_coco(Path(workdir) / "_demo_source"))
+
+
+DEMO = SourceKind(read=_read_demo)

@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fakeforge.config import ConfigError
+from fakeforge.files import write_atomic
 from fakeforge.images import IMAGE_EXTENSIONS, ImageLoadError
 from fakeforge.sources.base import Record, SourceConfig
 
@@ -229,7 +230,5 @@ def write_member(folder: Path, image_id: str, data: bytes, fmt: str) -> Path:
     path = folder / f"{safe}{ext}"
     if path.is_file() and path.stat().st_size == len(data):
         return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data, fsync=False)
     return path

@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fakeforge.config import ConfigError
-from fakeforge.sources.base import Record, caption_text
+from fakeforge.sources.base import Record, SourceKind, caption_text
 
 
 def read_flickr30k(captions_file: str | Path, images_dir: str | Path | None, split: str = "all"
@@ -76,3 +76,6 @@ def _csv_rows(path: Path):
             raise ConfigError(f"Flickr30k results.csv '{path}' line {n}: expected 3 fields, got {row!r}")
         rows.append((row[0].strip(), row[1].strip(), delimiter.join(row[2:]).strip()))
     return rows
+
+
+FLICKR30K = SourceKind(read=lambda cfg, workdir: read_flickr30k(cfg.captions_file, cfg.images_dir, cfg.split))

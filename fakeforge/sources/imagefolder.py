@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fakeforge.config import ConfigError
 from fakeforge.images import IMAGE_EXTENSIONS
-from fakeforge.sources.base import Record
+from fakeforge.sources.base import Record, SourceKind
 from fakeforge.sources.imagenet_labels import WNID, imagenet_classes
 
 
@@ -48,3 +48,6 @@ def read_imagefolder(images_dir: str | Path | None) -> dict[str, list[Record]]:
         raise ConfigError(f"source.images_dir = '{root}': its {len(classes)} class folder(s) hold no images "
                           f"({', '.join(IMAGE_EXTENSIONS)})")
     return by_image
+
+
+IMAGEFOLDER = SourceKind(read=lambda cfg, workdir: read_imagefolder(cfg.images_dir), names="images_dir")

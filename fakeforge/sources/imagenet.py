@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fakeforge.config import ConfigError
 from fakeforge.images import IMAGE_EXTENSIONS
-from fakeforge.sources.base import Record
+from fakeforge.sources.base import Record, SourceKind
 from fakeforge.sources.imagenet_labels import imagenet_classes
 
 
@@ -65,3 +65,6 @@ def _label(value: str, wnid_index: dict[str, int], where: str) -> int:
     if value.isdigit() and int(value) < len(wnid_index):
         return int(value)
     raise ConfigError(f"{where}: label {value!r} is neither an ImageNet-1k WordNet id nor an index 0-999")
+
+
+IMAGENET = SourceKind(read=lambda cfg, workdir: read_imagenet_val(cfg.labels_file, cfg.images_dir), names="images_dir")

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fakeforge.files import write_atomic
+from fakeforge.sources.base import SourceKind
+
 # name -> (loader description, licence, captions)
 PHOTOS: dict[str, tuple[str, str, list[str]]] = {
     "astronaut": ("skimage.data.astronaut", "public domain (NASA)",
@@ -100,11 +103,9 @@ def write_photos_coco(root: str | Path, crops_per_photo: int = CROPS_PER_PHOTO, 
                            "photo": name, "origin": origin, "licence": licence, "crop_box": list(box)})
             for j, text in enumerate(captions):
                 annotations.append({"id": image_id * 10 + j, "image_id": image_id, "caption": text})
-    tmp = captions_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"info": {"description": "fakeforge photos source: real sample photos shipped with "
+    write_atomic(captions_file, json.dumps({"info": {"description": "fakeforge photos source: real sample photos shipped with "
                                                        "scikit-image, scikit-learn and matplotlib"},
                                "images": images, "annotations": annotations}))
-    tmp.replace(captions_file)
     return captions_file, images_dir
 
 
@@ -121,3 +122,12 @@ def split_records(by_image: dict, split: str) -> dict:
         raise ConfigError(f"source.split = {split!r} is not a split of the photos source; choose from {sorted(SPLITS)}")
     keep = SPLITS[split]
     return {k: v for k, v in by_image.items() if crop_index(k) in keep}
+
+
+def _read_photos(cfg, workdir) -> dict:
+    from fakeforge.sources.coco import read_coco_captions
+
+    return split_records(read_coco_captions(*write_photos_coco(Path(workdir) / "_photos_source")), cfg.split)
+
+
+PHOTOS_SOURCE = SourceKind(read=_read_photos)

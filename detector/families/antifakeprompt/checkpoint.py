@@ -20,14 +20,19 @@ import logging
 import pickle
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from detector.families.antifakeprompt.model import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID, AntifakePrompt, AntifakePromptConfig
-from detector.base import FIT_GRADIENT, CheckpointError, Preprocess
+from detector.base import CheckpointError, Preprocess
+from detector.checkpoint import META_FILE, ZERO_SHOT  # noqa: F401  (one folder layout for every detector)
+from detector.families.antifakeprompt.config import OFFICIAL_LLM_ID, AntifakePromptConfig
 from fakeforge import versions
-from fakeforge.config import ConfigError, from_dict, to_dict
+from fakeforge.config import from_dict, to_dict
+from fakeforge.files import atomic_path, write_atomic
+
+if TYPE_CHECKING:
+    from detector.families.antifakeprompt.model import AntifakePrompt
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +41,20 @@ FORMAT = "fakeforge.antifakeprompt"
 # trained on fakeforge's earlier encoding and load with a warning.
 FORMAT_VERSION = 2
 ROWS_FILE = "pseudo_word.safetensors"
-META_FILE = "detector.json"
 CARD_FILE = "README.md"
 LAVIS_QFORMER_KEY = "Qformer.bert.embeddings.train_word_embeddings.weight"
 LAVIS_LM_KEY = "llm_model.model.train_embed_tokens.weight"
 # Preprocessing of the official checkpoints (COCO + SD2 + SD2IP training set), from the official config.
 PAPER_MEAN = [0.4730, 0.4499, 0.4129]
 PAPER_STD = [0.2780, 0.2713, 0.2872]
-ZERO_SHOT = ("zero-shot", "zeroshot", "zero_shot")
 # config fields that do not change the loaded model or the prompt (checkpoints differing only in them can share
 # one loaded base model in a side-by-side eval)
 ROW_ONLY_FIELDS = ("seed", "init_word", "row_init", "row_init_std", "scoring", "train_dropout")
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape the detector's numbers."""
-    return versions.library_versions(("fakeforge", "torch", "transformers", "tokenizers", "accelerate",
-                                      "safetensors", "webdataset"), missing="not installed")
-
-
 def default_preprocess(detector: AntifakePrompt) -> dict:
     """Image size and normalisation of the base model's own image processor (used when none is given)."""
-    from detector.families.antifakeprompt.model import default_preprocess as from_processor
+    from detector.families.antifakeprompt.config import default_preprocess as from_processor
 
     return from_processor(detector.image_processor)
 
@@ -83,26 +80,19 @@ def save_checkpoint(detector: AntifakePrompt, out_dir: str | Path, preprocess: d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = detector.rows()
-    tmp = out_dir / (ROWS_FILE + ".tmp")
-    save_file({k: v.contiguous() for k, v in rows.items()}, str(tmp), metadata={"format": FORMAT})
-    tmp.replace(out_dir / ROWS_FILE)
+    with atomic_path(out_dir / ROWS_FILE) as tmp:
+        save_file({k: v.contiguous() for k, v in rows.items()}, str(tmp), metadata={"format": FORMAT})
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "detector": "antifakeprompt",
         "model": to_dict(detector.config), "prompt": detector.prompt, "prompt_pieces": detector.prompt_pieces(),
         "precision": detector.precision.as_dict(),
         "row_widths": detector.row_widths(), "trainable_parameters": detector.num_trainable(),
-        "preprocess": preprocess, "training": training or {}, "versions": library_versions(),
+        "preprocess": preprocess, "training": training or {}, "versions": versions.library_versions(versions.DETECTOR_LIBRARIES, missing="not installed"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_text(out_dir / META_FILE, json.dumps(meta, indent=2, default=str))
-    _write_text(out_dir / CARD_FILE, model_card(meta))
+    write_atomic(out_dir / META_FILE, json.dumps(meta, indent=2, default=str))
+    write_atomic(out_dir / CARD_FILE, model_card(meta))
     return out_dir
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def read_meta(path: str | Path) -> dict:
@@ -153,150 +143,6 @@ def read_rows(path: str | Path) -> dict[str, torch.Tensor]:
     if missing:
         raise CheckpointError(f"'{path}' lacks tensors {sorted(missing)}")
     return rows
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
-                    scoring: str | None = None, model_id: str | None = None) -> tuple[AntifakePrompt, dict]:
-    """Rebuild the detector from a checkpoint folder (or "zero-shot"); returns (detector, preprocess).
-
-    `tiny` swaps the base model for the tiny twin; a width mismatch raises CheckpointError naming both.
-    `model_id` picks the base model of the zero-shot baseline. Damaged files and rows holding NaN/inf are
-    refused with one line naming the file, before the base model loads where that can be checked first.
-    """
-    if str(path).lower() in ZERO_SHOT:
-        cfg = AntifakePromptConfig(zero_shot=True, model_id=model_id or DEFAULT_MODEL_ID)
-        if scoring:
-            cfg.scoring = scoring
-        detector = AntifakePrompt.from_config(cfg, device=device, tiny=tiny)
-        detector.checkpoint_meta = {"detector": "antifakeprompt", "training": {"source": "zero-shot"},
-                                    "trainable_parameters": 0}
-        return detector, default_preprocess(detector)
-    path = Path(path)
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
-                              f"fakeforge convert-antifakeprompt {path} --out DIR")
-    meta = read_meta(path)
-    if int(meta.get("format_version", 1)) < 2 and "LAVIS" not in str((meta.get("training") or {}).get("source")):
-        log.warning("checkpoint '%s' was trained with fakeforge's earlier prompt encoding (format version 1); its "
-                    "rows now meet the official prompt tokens and may score differently: retrain to be exact", path)
-    model_cfg = dict(meta["model"])
-    if scoring:
-        model_cfg["scoring"] = scoring
-    try:
-        cfg = from_dict(AntifakePromptConfig, model_cfg, "model")
-    except ConfigError as exc:
-        raise CheckpointError(f"'{path / META_FILE}': {exc}") from None
-    rows = read_rows(path / ROWS_FILE)
-    bad = [k for k in ("qformer_row", "lm_row") if not torch.isfinite(rows[k].float()).all()]
-    if bad:
-        raise CheckpointError(f"checkpoint '{path}': {', '.join(bad)} hold NaN/inf values; such rows call every "
-                              "image 'real' (or 'fake'); retrain or use another checkpoint")
-    detector = AntifakePrompt.from_config(cfg, device=device, tiny=tiny)
-    try:
-        detector.load_rows(rows, source=f"checkpoint '{path}'")
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
-    try:
-        detector.preprocess = Preprocess.from_dict(meta["preprocess"])
-    except ConfigError as exc:
-        raise CheckpointError(f"'{path / META_FILE}': {exc}") from None
-    detector.checkpoint_meta = meta
-    return detector, dict(meta["preprocess"])
-
-
-class SharedBaseCheckpoint:
-    """One AntifakePrompt checkpoint on a base model loaded once for several (a side-by-side eval).
-
-    It scores like the checkpoint loaded alone: its rows are copied into the shared detector before each use, and
-    its own scoring rule and preprocessing apply. The vision encoder (no pseudo-word in it) is the shared stage:
-    checkpoints with the same preprocessing get it computed once per image."""
-
-    name = AntifakePrompt.name
-    fit_mode = FIT_GRADIENT
-    scoring_methods = AntifakePrompt.scoring_methods
-
-    def __init__(self, base: AntifakePrompt, rows: dict[str, torch.Tensor], config: AntifakePromptConfig,
-                 preprocess: Preprocess, meta: dict, source: str):
-        self.base, self.rows, self.config, self.preprocess = base, rows, config, preprocess
-        self.checkpoint_meta, self.source = meta, source
-
-    @property
-    def device(self) -> torch.device:
-        return self.base.device
-
-    def _use(self) -> None:
-        self.base.load_rows(self.rows, source=self.source)
-
-    def check_method(self, method: str | None) -> str:
-        method = method or self.config.scoring
-        if method not in self.scoring_methods:
-            raise ConfigError(f"scoring = {method!r} must be one of {list(self.scoring_methods)}")
-        return method
-
-    def score(self, pixels: torch.Tensor, method: str | None = None) -> torch.Tensor:
-        return self.score_from_shared(self.shared_stage(pixels), method)
-
-    def shared_stage_key(self) -> str:
-        return self.base.shared_stage_key(self.preprocess)
-
-    def shared_stage(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.base.shared_stage(pixels)
-
-    def score_from_shared(self, stage: torch.Tensor, method: str | None = None) -> torch.Tensor:
-        self._use()
-        return self.base.score_from_shared(stage, self.check_method(method))
-
-    def num_trainable(self) -> int:
-        return self.base.num_trainable()
-
-    def identity(self) -> dict:
-        return self.base.identity()
-
-    def banner(self, checkpoint: str, image_loading: str = "fakeforge", method: str | None = None) -> list[str]:
-        return self.base.banner(checkpoint, image_loading, self.check_method(method), self.preprocess)
-
-    def report_info(self, method: str | None = None) -> dict:
-        return self.base.report_info(self.check_method(method), self.preprocess)
-
-
-def load_checkpoints(paths: list[str | Path], device: str | torch.device | None = None,
-                     tiny: bool = False) -> list:
-    """Several checkpoint folders (or "zero-shot"), in order. Checkpoints whose configs differ only in
-    `ROW_ONLY_FIELDS` share one loaded base model (`SharedBaseCheckpoint`); every file is checked before any
-    model loads."""
-    entries = []
-    for path in paths:
-        if str(path).lower() in ZERO_SHOT:
-            entries.append((path, None, None, None))
-            continue
-        meta = read_meta(path)
-        try:
-            cfg = from_dict(AntifakePromptConfig, dict(meta["model"]), "model")
-        except ConfigError as exc:
-            raise CheckpointError(f"'{Path(path) / META_FILE}': {exc}") from None
-        entries.append((path, meta, cfg, read_rows(Path(path) / ROWS_FILE)))
-    groups: dict[str, list[int]] = {}
-    for i, (_path, _meta, cfg, _rows) in enumerate(entries):
-        if cfg is not None:
-            key = json.dumps({k: v for k, v in to_dict(cfg).items() if k not in ROW_ONLY_FIELDS}, sort_keys=True)
-            groups.setdefault(key, []).append(i)
-    out: list = [None] * len(entries)
-    for i, (path, meta, _cfg, _rows) in enumerate(entries):
-        if meta is None:  # zero-shot: no rows to swap
-            out[i] = load_checkpoint(path, device=device, tiny=tiny)[0]
-    for index in groups.values():
-        base, _pre = load_checkpoint(entries[index[0]][0], device=device, tiny=tiny)
-        for i in index:
-            path, meta, cfg, rows = entries[i]
-            source = f"checkpoint '{path}'"
-            try:
-                base.load_rows(rows, source=source)
-                if cfg.scoring == "logits":
-                    base._check_one_pass()
-            except ConfigError as exc:
-                raise CheckpointError(str(exc)) from None
-            out[i] = SharedBaseCheckpoint(base, rows, cfg, Preprocess.from_dict(meta["preprocess"]), meta, source)
-    return out
 
 
 def safe_torch_load(path: str | Path) -> Any:
@@ -434,11 +280,11 @@ def convert_lavis(src: str | Path, out_dir: str | Path, model: AntifakePromptCon
         "training": {"source": f"converted from LAVIS checkpoint {Path(src).name}",
                      "epoch": ckpt.get("epoch") if isinstance(ckpt, dict) else None,
                      "run_config_prompt": found_prompt if isinstance(found_prompt, str) else None},
-        "versions": library_versions(),
+        "versions": versions.library_versions(versions.DETECTOR_LIBRARIES, missing="not installed"),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_text(out_dir / META_FILE, json.dumps(meta, indent=2, default=str))
-    _write_text(out_dir / CARD_FILE, model_card(meta))
+    write_atomic(out_dir / META_FILE, json.dumps(meta, indent=2, default=str))
+    write_atomic(out_dir / CARD_FILE, model_card(meta))
     return out_dir
 
 

@@ -94,7 +94,7 @@ def precision_of(model: nn.Module) -> Precision:
 def resolve_model_id(model_id: str, tiny: bool = False) -> str:
     """Map "tiny:NAME" (or any id when `tiny`) to the local tiny-twin folder."""
     if tiny or model_id.startswith("tiny:"):
-        from fakeforge.tiny import ensure_tiny
+        from fakeforge.twins import ensure_tiny
 
         name = model_id.split(":", 1)[1] if model_id.startswith("tiny:") else "instructblip"
         return str(ensure_tiny(name))

@@ -29,16 +29,32 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
+from detector.base import FIT_GRADIENT, CheckpointError, Detector, Preprocess
+from detector.checkpoint import ZERO_SHOT
+from detector.families.antifakeprompt.checkpoint import (
+    META_FILE,
+    ROW_ONLY_FIELDS,
+    ROWS_FILE,
+    preprocess_dict,
+    read_meta,
+    read_rows,
+    save_checkpoint,
+)
+from detector.families.antifakeprompt.checkpoint import default_preprocess as preprocess_of
+from detector.families.antifakeprompt.config import (  # noqa: F401  (the config's names, importable from here)
+    DEFAULT_MODEL_ID,
+    OFFICIAL_LLM_ID,
+    AntifakePromptConfig,
+    default_preprocess,
+    encode_prompt,
+)
 from detector.families.antifakeprompt.loading import (
-    PRECISIONS,
     Precision,
     disable_dropout,
     load_base,
@@ -47,92 +63,13 @@ from detector.families.antifakeprompt.loading import (
     resolve_precision,
     swap_llm_weights,
 )
-from detector.base import FIT_GRADIENT, Detector, Preprocess
-from fakeforge.config import ConfigError
+from fakeforge.config import ConfigError, from_dict, to_dict
+from fakeforge.devices import pick_device
 
 if TYPE_CHECKING:
     from detector.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL_ID = "Salesforce/instructblip-vicuna-7b"
-OFFICIAL_LLM_ID = "lmsys/vicuna-7b-v1.3"
-__all__ = ["AntifakePrompt", "AntifakePromptConfig", "PseudoWordEmbedding", "DEFAULT_MODEL_ID", "OFFICIAL_LLM_ID",
-           "resolve_model_id", "pick_device"]
-
-
-@dataclass
-class AntifakePromptConfig:
-    """Everything needed to rebuild the detector around a base InstructBLIP checkpoint."""
-
-    model_id: str = DEFAULT_MODEL_ID  # hub id, local folder, or "tiny:instructblip" for the tiny twin
-    llm_id: str | None = None  # causal-LM weights swapped into the language model (official: vicuna v1.3)
-    question: str = "Is this photo real?"
-    pseudo_word: str = "[*]"
-    position: Literal["postfix", "prefix", "replace"] = "postfix"
-    replace_word: str = "real"  # the word `position: replace` swaps for the pseudo-word
-    init_word: str | None = None  # initialise both rows from this word's embeddings (None: row_init)
-    # normal: N(0, row_init_std), the official init; table: the embedding table's own mean/std
-    row_init: Literal["normal", "table"] = "normal"
-    row_init_std: float = 0.02
-    real_answer: str = "yes"
-    fake_answer: str = "no"
-    zero_shot: bool = False  # no pseudo-word at all: the untuned baseline
-    scoring: Literal["logits", "loss"] = "logits"
-    append_eos: bool = True  # training target is answer + EOS, as in the official code
-    lm_bos_token: str = "</s>"  # first token of the LM prompt; the official tokenizer's BOS is </s> (id 2)
-    dtype: Literal["official", "fp16-mixed", "auto", "float32", "bfloat16", "float16"] = "official"
-    train_dropout: bool = True  # the Q-Former's dropout (p = 0.1) is active in training, as in LAVIS
-    attn_implementation: str = "sdpa"
-    seed: int = 0  # random init of the rows
-
-    def validate(self) -> None:
-        """Check the prompt settings before any model is loaded."""
-        if not self.pseudo_word.strip() or self.pseudo_word != self.pseudo_word.strip():
-            raise ConfigError(f"model.pseudo_word = {self.pseudo_word!r} must be non-empty without outer spaces")
-        if self.real_answer.strip() == self.fake_answer.strip():
-            raise ConfigError(f"model.real_answer and model.fake_answer are both {self.real_answer!r}; "
-                              "they must differ")
-        if not self.question.strip():
-            raise ConfigError("model.question must not be empty")
-        if not self.zero_shot and self.pseudo_word in self.question:
-            raise ConfigError(f"model.question = {self.question!r} already contains the pseudo-word "
-                              f"{self.pseudo_word!r}; model.position places it")
-        if self.position == "replace" and not self.zero_shot and \
-                not re.search(rf"\b{re.escape(self.replace_word)}\b", self.question):
-            raise ConfigError(f"model.position = 'replace' but model.replace_word = {self.replace_word!r} "
-                              f"does not occur in model.question = {self.question!r}")
-        if not self.row_init_std > 0:
-            raise ConfigError(f"model.row_init_std = {self.row_init_std} must be > 0")
-        if not self.lm_bos_token:
-            raise ConfigError("model.lm_bos_token must not be empty (the official prompt starts with </s>)")
-        if self.dtype not in PRECISIONS:
-            raise ConfigError(f"model.dtype = {self.dtype!r} is not one of {list(PRECISIONS)}")
-
-    def to_tiny(self) -> "AntifakePromptConfig":
-        """The same detector on the tiny InstructBLIP twin (`--tiny`): no separate LLM weights, float32."""
-        return replace(self, model_id="tiny:instructblip", llm_id=None, dtype="float32")
-
-    @property
-    def prompt(self) -> str:
-        """The instruction fed to both the Q-Former and the LM (with the pseudo-word unless zero-shot)."""
-        q, w = self.question.strip(), self.pseudo_word
-        if self.zero_shot:
-            return q
-        if self.position == "prefix":
-            return f"{w} {q}"
-        if self.position == "replace":
-            return re.sub(rf"\b{re.escape(self.replace_word)}\b", w, q, count=1)
-        m = re.match(r"^(.*?)([?.!]*)$", q, flags=re.S)  # postfix: before the final punctuation
-        return f"{m.group(1).rstrip()} {w}{m.group(2)}"
-
-    def prompt_chunks(self) -> list[str]:
-        """The prompt's text around the pseudo-word, each stripped (the official tokenizer's behaviour); the
-        pseudo-word sits between consecutive chunks. Zero-shot: the whole prompt."""
-        if self.zero_shot:
-            return [self.prompt]
-        return [c.strip() for c in self.prompt.split(self.pseudo_word)]
-
 
 class PseudoWordEmbedding(nn.Module):
     """An embedding lookup where one token id is served by its own trainable row.
@@ -164,26 +101,6 @@ class PseudoWordEmbedding(nn.Module):
         if self.out_dtype is not None:
             out = out.to(self.out_dtype)
         return torch.where(hit.unsqueeze(-1), self.row.to(out.dtype), out)
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """"auto"/None: CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def encode_prompt(tokenizer, chunks: list[str], pseudo_id: int | None, head: list[int],
-                  tail: list[int]) -> list[int]:
-    """head + chunk ids, with `pseudo_id` between consecutive chunks, + tail. Each chunk is encoded on its
-    own without special tokens, so SentencePiece gives it its leading "▁" (`?` -> `▁?`)."""
-    ids = list(head)
-    for i, chunk in enumerate(chunks):
-        if i:
-            ids.append(pseudo_id)
-        if chunk:
-            ids += tokenizer(chunk, add_special_tokens=False).input_ids
-    return ids + list(tail)
 
 
 class AntifakePrompt(Detector):
@@ -569,15 +486,11 @@ class AntifakePrompt(Detector):
     # ------------------------------------------------------------------------------------------ I/O hooks
     def save(self, out_dir: str | Path, training: dict | None = None) -> Path:
         """An AntifakePrompt checkpoint folder (`detector/families/antifakeprompt/checkpoint.py`'s format, unchanged)."""
-        from detector.families.antifakeprompt.checkpoint import preprocess_dict, save_checkpoint
-
         return save_checkpoint(self, out_dir, preprocess_dict(self.preprocess), training)
 
     @classmethod
     def load(cls, path: str | Path, device=None, tiny: bool = False,
              model_overrides: dict | None = None) -> "AntifakePrompt":
-        from detector.families.antifakeprompt.checkpoint import load_checkpoint
-
         extra = dict(model_overrides or {})
         scoring, model_id = extra.pop("scoring", None), extra.pop("model_id", None)
         if extra:
@@ -587,15 +500,11 @@ class AntifakePrompt(Detector):
     @classmethod
     def load_many(cls, paths: list, device=None, tiny: bool = False) -> list:
         """Checkpoints on the same base model and prompt share ONE loaded model (their rows are swapped in per
-        batch); see `detector.families.antifakeprompt.checkpoint.load_checkpoints`."""
-        from detector.families.antifakeprompt.checkpoint import load_checkpoints
-
+        batch); see `detector.families.antifakeprompt.model.load_checkpoints`."""
         return load_checkpoints(paths, device=device, tiny=tiny)
 
     def restore(self, path: str | Path) -> dict:
         """The rows and preprocessing of a checkpoint folder into this detector (resume)."""
-        from detector.families.antifakeprompt.checkpoint import META_FILE, ROWS_FILE, read_meta, read_rows
-
         path = Path(path)
         meta = read_meta(path / META_FILE)
         self.load_rows(read_rows(path / ROWS_FILE), source=f"'{path}'")
@@ -621,18 +530,151 @@ class AntifakePrompt(Detector):
                 f"scoring: {scoring} ({rule}); image loading: {image_loading}"]
 
     def report_info(self, method: str | None = None, preprocess: Preprocess | None = None) -> dict:
-        from detector.families.antifakeprompt.checkpoint import preprocess_dict
-
         return {"scoring": method or self.config.scoring, "prompt": self.prompt,
                 "prompt_pieces": self.prompt_pieces(), "precision": self.precision.as_dict(),
                 "preprocess": preprocess_dict(preprocess or self.preprocess)}
 
 
-def default_preprocess(image_processor: Any) -> dict:
-    """Image size and normalisation of the base model's own image processor (used when none is given)."""
-    size = image_processor.size
-    if not isinstance(size, int):  # a dict in some versions, a SizeDict in others
-        get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
-        size = get("height") or get("shortest_edge")
-    return {"image_size": int(size), "mean": [float(v) for v in image_processor.image_mean],
-            "std": [float(v) for v in image_processor.image_std], "source": "base model image processor"}
+# ------------------------------------------------------------------------------------------ loading checkpoints
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
+                    scoring: str | None = None, model_id: str | None = None) -> tuple[AntifakePrompt, dict]:
+    """Rebuild the detector from a checkpoint folder (or "zero-shot"); returns (detector, preprocess).
+
+    `tiny` swaps the base model for the tiny twin; a width mismatch raises CheckpointError naming both.
+    `model_id` picks the base model of the zero-shot baseline. Damaged files and rows holding NaN/inf are
+    refused with one line naming the file, before the base model loads where that can be checked first.
+    """
+    if str(path).lower() in ZERO_SHOT:
+        cfg = AntifakePromptConfig(zero_shot=True, model_id=model_id or DEFAULT_MODEL_ID)
+        if scoring:
+            cfg.scoring = scoring
+        detector = AntifakePrompt.from_config(cfg, device=device, tiny=tiny)
+        detector.checkpoint_meta = {"detector": "antifakeprompt", "training": {"source": "zero-shot"},
+                                    "trainable_parameters": 0}
+        return detector, preprocess_of(detector)
+    path = Path(path)
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
+                              f"fakeforge convert-antifakeprompt {path} --out DIR")
+    meta = read_meta(path)
+    if int(meta.get("format_version", 1)) < 2 and "LAVIS" not in str((meta.get("training") or {}).get("source")):
+        log.warning("checkpoint '%s' was trained with fakeforge's earlier prompt encoding (format version 1); its "
+                    "rows now meet the official prompt tokens and may score differently: retrain to be exact", path)
+    model_cfg = dict(meta["model"])
+    if scoring:
+        model_cfg["scoring"] = scoring
+    try:
+        cfg = from_dict(AntifakePromptConfig, model_cfg, "model")
+    except ConfigError as exc:
+        raise CheckpointError(f"'{path / META_FILE}': {exc}") from None
+    rows = read_rows(path / ROWS_FILE)
+    bad = [k for k in ("qformer_row", "lm_row") if not torch.isfinite(rows[k].float()).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}': {', '.join(bad)} hold NaN/inf values; such rows call every "
+                              "image 'real' (or 'fake'); retrain or use another checkpoint")
+    detector = AntifakePrompt.from_config(cfg, device=device, tiny=tiny)
+    try:
+        detector.load_rows(rows, source=f"checkpoint '{path}'")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        detector.preprocess = Preprocess.from_dict(meta["preprocess"])
+    except ConfigError as exc:
+        raise CheckpointError(f"'{path / META_FILE}': {exc}") from None
+    detector.checkpoint_meta = meta
+    return detector, dict(meta["preprocess"])
+
+
+class SharedBaseCheckpoint:
+    """One AntifakePrompt checkpoint on a base model loaded once for several (a side-by-side eval).
+
+    It scores like the checkpoint loaded alone: its rows are copied into the shared detector before each use, and
+    its own scoring rule and preprocessing apply. The vision encoder (no pseudo-word in it) is the shared stage:
+    checkpoints with the same preprocessing get it computed once per image."""
+
+    name = AntifakePrompt.name
+    fit_mode = FIT_GRADIENT
+    scoring_methods = AntifakePrompt.scoring_methods
+
+    def __init__(self, base: AntifakePrompt, rows: dict[str, torch.Tensor], config: AntifakePromptConfig,
+                 preprocess: Preprocess, meta: dict, source: str):
+        self.base, self.rows, self.config, self.preprocess = base, rows, config, preprocess
+        self.checkpoint_meta, self.source = meta, source
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def _use(self) -> None:
+        self.base.load_rows(self.rows, source=self.source)
+
+    def check_method(self, method: str | None) -> str:
+        method = method or self.config.scoring
+        if method not in self.scoring_methods:
+            raise ConfigError(f"scoring = {method!r} must be one of {list(self.scoring_methods)}")
+        return method
+
+    def score(self, pixels: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        return self.score_from_shared(self.shared_stage(pixels), method)
+
+    def shared_stage_key(self) -> str:
+        return self.base.shared_stage_key(self.preprocess)
+
+    def shared_stage(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.base.shared_stage(pixels)
+
+    def score_from_shared(self, stage: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        self._use()
+        return self.base.score_from_shared(stage, self.check_method(method))
+
+    def num_trainable(self) -> int:
+        return self.base.num_trainable()
+
+    def identity(self) -> dict:
+        return self.base.identity()
+
+    def banner(self, checkpoint: str, image_loading: str = "fakeforge", method: str | None = None) -> list[str]:
+        return self.base.banner(checkpoint, image_loading, self.check_method(method), self.preprocess)
+
+    def report_info(self, method: str | None = None) -> dict:
+        return self.base.report_info(self.check_method(method), self.preprocess)
+
+
+def load_checkpoints(paths: list[str | Path], device: str | torch.device | None = None,
+                     tiny: bool = False) -> list:
+    """Several checkpoint folders (or "zero-shot"), in order. Checkpoints whose configs differ only in
+    `ROW_ONLY_FIELDS` share one loaded base model (`SharedBaseCheckpoint`); every file is checked before any
+    model loads."""
+    entries = []
+    for path in paths:
+        if str(path).lower() in ZERO_SHOT:
+            entries.append((path, None, None, None))
+            continue
+        meta = read_meta(path)
+        try:
+            cfg = from_dict(AntifakePromptConfig, dict(meta["model"]), "model")
+        except ConfigError as exc:
+            raise CheckpointError(f"'{Path(path) / META_FILE}': {exc}") from None
+        entries.append((path, meta, cfg, read_rows(Path(path) / ROWS_FILE)))
+    groups: dict[str, list[int]] = {}
+    for i, (_path, _meta, cfg, _rows) in enumerate(entries):
+        if cfg is not None:
+            key = json.dumps({k: v for k, v in to_dict(cfg).items() if k not in ROW_ONLY_FIELDS}, sort_keys=True)
+            groups.setdefault(key, []).append(i)
+    out: list = [None] * len(entries)
+    for i, (path, meta, _cfg, _rows) in enumerate(entries):
+        if meta is None:  # zero-shot: no rows to swap
+            out[i] = load_checkpoint(path, device=device, tiny=tiny)[0]
+    for index in groups.values():
+        base, _pre = load_checkpoint(entries[index[0]][0], device=device, tiny=tiny)
+        for i in index:
+            path, meta, cfg, rows = entries[i]
+            source = f"checkpoint '{path}'"
+            try:
+                base.load_rows(rows, source=source)
+                if cfg.scoring == "logits":
+                    base._check_one_pass()
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from None
+            out[i] = SharedBaseCheckpoint(base, rows, cfg, Preprocess.from_dict(meta["preprocess"]), meta, source)
+    return out

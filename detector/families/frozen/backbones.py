@@ -17,7 +17,6 @@ of the loaded model, so it always matches the weights.
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 import os
@@ -27,8 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detector.base import Preprocess, pick_device, pick_dtype, weights_fingerprint
+from detector.base import Preprocess, weights_fingerprint
+from detector.sharing import remember, shared, sharing_loads
 from fakeforge.config import ConfigError
+from fakeforge.devices import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,8 @@ LIBRARIES = ("open_clip", "transformers", "timm")
 TINY_BACKBONES = {"open_clip_vit": "open_clip", "hf_clip_vit": "transformers", "timm_vit": "timm",
                   "timm_resnet": "timm"}
 _LOCAL_PREFIXES = ("local-dir:", "hf-hub:")
-_SHARED: dict | None = None  # inside `sharing_backbones()`: (spec, device, dtype) -> loaded FeatureBackbone
-
-
-@contextlib.contextmanager
-def sharing_backbones():
-    """Within this block, loading the same backbone spec on the same device and dtype twice returns the one
-    already loaded (frozen and in eval mode, so detectors can share it)."""
-    global _SHARED
-    outer = _SHARED
-    _SHARED = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _SHARED = outer
+# one loaded backbone per (spec, device, dtype) while several detectors load together
+sharing_backbones = sharing_loads
 
 
 @dataclass(frozen=True)
@@ -143,7 +132,7 @@ def check_backbone(spec: str) -> BackboneSpec:
 
 def resolve_tiny(twin: str) -> Path:
     """Folder of a tiny twin (built on first use)."""
-    from fakeforge.tiny import ensure_tiny
+    from fakeforge.twins import ensure_tiny
 
     return ensure_tiny(twin)
 
@@ -263,8 +252,8 @@ class FeatureBackbone(nn.Module):
         parsed = check_backbone(spec)
         device = pick_device(device)
         share_key = (parsed.text, str(device), str(pick_dtype(dtype, device)))
-        if _SHARED is not None and share_key in _SHARED:
-            return _SHARED[share_key]
+        if shared(share_key) is not None:
+            return shared(share_key)
         try:
             model, pre, dim = _LOADERS[parsed.library](parsed)
         except (OSError, RuntimeError, ValueError) as exc:
@@ -274,8 +263,7 @@ class FeatureBackbone(nn.Module):
             raise ConfigError(f"cannot load backbone {spec!r}: {first}") from None
         backbone = cls(parsed.text, parsed.library, model, pre, dim)
         backbone.to(device=device, dtype=pick_dtype(dtype, device))
-        if _SHARED is not None:
-            _SHARED[share_key] = backbone
+        remember(share_key, backbone)
         log.info("backbone %s: %s, %d-d features, weights %s", spec, backbone.architecture["class"], dim,
                  backbone.fingerprint[:12])
         return backbone

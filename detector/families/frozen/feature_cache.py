@@ -25,9 +25,10 @@ from typing import Iterator
 
 import torch
 
-from detector.base import FeatureDetector
 from detector.data import SetSpec, decode_sample, in_val_split, iter_set_images, iter_shard_samples
+from detector.families.frozen.base import FeatureDetector
 from fakeforge.config import ConfigError
+from fakeforge.files import atomic_path
 from fakeforge.images import ImageLoadError
 from fakeforge.shards.reader import shard_fingerprint
 
@@ -242,9 +243,8 @@ class FeatureCache:
                    "groups": fs.groups.contiguous()}
         meta = {"identity": self._canonical(identity), "keys": json.dumps(fs.keys),
                 "errors": json.dumps(fs.errors)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         (path.parent / "backbone.json").write_text(json.dumps(identity["feature"], indent=2, default=str))
 
     @staticmethod

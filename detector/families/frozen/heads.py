@@ -21,8 +21,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from detector.base import CheckpointError
 from detector.families.frozen.backbones import FeatureBackbone, parse_backbone, tiny_backbone_for
-from detector.base import CheckpointError, FeatureDetector
+from detector.families.frozen.base import FeatureDetector
 from detector.families.frozen.feature_cache import FeatureSet
 from fakeforge.config import ConfigError
 
