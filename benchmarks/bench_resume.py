@@ -66,7 +66,7 @@ def main() -> None:
             listing = list_shard_files(store, "bench")
             assert all(shard_state(store, "bench", i, existing=listing)[0] for i in range(args.shards))
 
-        markers = sorted(set_dir.glob("*.stats.json"))
+        markers = sorted(set_dir.glob("*.done.json"))
 
         def stat():
             for m in markers:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -44,19 +43,17 @@ def load_train_config(config: str, overrides: list[str] | None = None, tiny: boo
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train a detector; prints the best checkpoint folder."""
-    from detector.train.loop import Trainer
-    from fakeforge.config import ConfigError
+    """Train a detector (`detector.train.train`); prints the best checkpoint folder."""
+    from accelerate import PartialState
 
-    if args.resume_force and not args.resume:
-        raise ConfigError("--resume-force only makes sense with --resume")
-    cfg = load_train_config(args.config, args.overrides, args.tiny, args.out)
-    trainer = Trainer(cfg, tiny=args.tiny, resume=args.resume, resume_force=args.resume_force)
-    best = trainer.fit()
-    if trainer.is_main_process:
-        print(f"best checkpoint: {best}")
-        print(f"untrained detector: {best.parent / 'init'} (compare: fakeforge eval --checkpoint "
-              f"{best.parent / 'init'} {best} --sets ... --out ...)")
+    from detector.train import train
+
+    run = train(args.config, overrides=args.overrides, tiny=args.tiny, out=args.out, resume=args.resume,
+                resume_force=args.resume_force)
+    if PartialState().is_main_process:
+        print(f"best checkpoint: {run.best}")
+        print(f"untrained detector: {run.init} (compare: fakeforge eval --checkpoint {run.init} {run.best} "
+              "--sets ... --out ...)")
     return 0
 
 
@@ -90,7 +87,7 @@ def run_stats(args: argparse.Namespace) -> int:
         if Path(args.out).is_dir():
             print(f"fakeforge stats: error: --out = '{args.out}' is a folder; name the JSON file", file=sys.stderr)
             return 2
-        check_writable_folder(Path(args.out).parent, "--out's folder")
+        _writable(Path(args.out).parent, "--out's folder")
     stats = compute_mean_std(specs, args.image_size or 224, args.max_images, geometry=geometry)
     if geometry is not None:
         stats["preprocess"] = {k: v for k, v in geometry.to_dict().items() if k not in ("mean", "std", "source")}
@@ -137,38 +134,27 @@ def _add_model_arguments(p: argparse.ArgumentParser, several: bool = False) -> N
                         "test.py's Image.open().convert('RGB') and its .jpg/.jpeg/.png filter, for exact parity")
 
 
-def check_writable_folder(path: str | Path, what: str) -> Path:
-    """Create folder `path` if needed and prove a file can be written there; ConfigError naming it if not."""
-    from fakeforge.config import ConfigError
+def _writable(path, what):
+    from detector.eval.run import check_writable_folder
 
-    folder = Path(path)
-    if str(path).strip() == "":
-        raise ConfigError(f"{what} is empty; name an output folder")
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{what} = '{folder}' is a file, not a folder")
-    probe = folder / f".fakeforge-write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{what} = '{folder}' is not writable: {exc.strerror or exc}") from None
-    return folder
+    return check_writable_folder(path, what)
+
+
+def _options(args, **more):
+    from detector.eval.run import EvalOptions
+
+    return EvalOptions(out=getattr(args, "out", "") or "", batch_size=args.batch_size, device=args.device,
+                       tiny=args.tiny, scoring=args.scoring, model_id=args.model_id, image_loading=args.image_loading,
+                       **more)
 
 
 def _open(args, checkpoints: list[str]) -> list:
     """Load every checkpoint (each family sharing what it can); the scoring method of each detector."""
-    from detector.checkpoint import load_detectors
-    from fakeforge.config import ConfigError
+    from detector.eval.run import open_detectors
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size = {args.batch_size} must be >= 1")
-    detectors = load_detectors(checkpoints, device=args.device, tiny=args.tiny, zero_shot_model_id=args.model_id)
-    methods = [args.scoring if args.scoring in d.scoring_methods else None for d in detectors]
-    if args.scoring and not any(methods):
-        raise ConfigError(f"--scoring {args.scoring}: none of the detectors has that scoring rule "
-                          f"({sorted({d.name for d in detectors})})")
-    return list(zip(detectors, methods))
+    opts = _options(args)
+    opts.validate(len(checkpoints))
+    return open_detectors(checkpoints, opts)
 
 
 class _Out:
@@ -294,103 +280,25 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
 
 
-def _calibrate(args, entries, results_by_label) -> dict:
-    """Per-detector threshold with the best balanced accuracy on the --calibrate-on sets."""
-    import numpy as np
-
-    from detector.data import parse_set_specs
-    from detector.eval.evaluate import calibrate_threshold
-    from detector.eval.side_by_side import Entry, score_sets
-    from fakeforge.config import ConfigError
-
-    extra_specs = [s for item in args.calibrate_on if item not in results_by_label[entries[0].label]
-                   for s in parse_set_specs([item])]
-    extra = {e.label: Entry(e.label, e.detector, e.method) for e in entries}
-    if extra_specs:
-        score_sets(list(extra.values()), extra_specs, args.batch_size, args.limit, args.image_loading)
-    out = {}
-    for e in entries:
-        pool = [results_by_label[e.label][n] for n in args.calibrate_on if n in results_by_label[e.label]]
-        pool += extra[e.label].results
-        y = np.concatenate([r.label_array for r in pool])
-        s = np.concatenate([r.score_array for r in pool])
-        try:
-            threshold = calibrate_threshold(y, s)
-        except ValueError as exc:
-            raise ConfigError(f"--calibrate-on {args.calibrate_on}: {exc}") from None
-        out[e.label] = {"sets": list(args.calibrate_on), "threshold": threshold, "n": int(y.size)}
-        print(f"calibrated threshold of {e.label} on {args.calibrate_on}: {threshold:.4f}")
-    return out
-
-
 def run_eval(args: argparse.Namespace) -> int:
     """Per-set accuracy (paper layout), AUC/AP per fake set; Markdown, CSV, JSON and PNG under --out. Several
     checkpoints: every image decoded once for all of them, one sub-folder per detector and one side-by-side
-    table."""
-    from detector.data import parse_set_specs
-    from detector.eval.evaluate import check_plotting, summarize, write_reports
-    from detector.eval.side_by_side import (
-        Entry,
-        comparison_rows,
-        folder_names,
-        score_sets,
-        unique_labels,
-        write_comparison,
-    )
-    from fakeforge.config import ConfigError
+    table (`detector.eval.run.evaluate`)."""
+    from detector.eval.run import evaluate
 
-    checkpoints = [str(c) for c in args.checkpoint]
-    if args.threshold is not None and args.calibrate_on:
-        print("fakeforge eval: error: give --threshold or --calibrate-on, not both", file=sys.stderr)
-        return 2
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print(f"fakeforge eval: error: --threshold = {args.threshold} must be within [0, 1]", file=sys.stderr)
-        return 2
-    if args.name and len(args.name) != len(checkpoints):
-        raise ConfigError(f"--name gives {len(args.name)} label(s) for {len(checkpoints)} checkpoint(s)")
-    if not args.no_plots:
-        try:
-            check_plotting()
-        except ImportError as exc:
-            print(f"fakeforge eval: error: {exc}", file=sys.stderr)
-            return 2
-    specs = parse_set_specs(args.sets)
-    out_dir = check_writable_folder(args.out, "--out")
-    several = len(checkpoints) > 1
-    labels = unique_labels(checkpoints, args.name)
-    entries = [Entry(label, det, method, ckpt) for label, ckpt, (det, method)
-               in zip(labels, checkpoints, _open(args, checkpoints))]
-    for e in entries:
-        for line in e.detector.banner(e.checkpoint, args.image_loading, e.method):
-            print(line)
+    opts = _options(args, names=args.name, limit=args.limit, threshold=args.threshold,
+                    calibrate_on=list(args.calibrate_on or []), plots=not args.no_plots)
     try:
-        timing = score_sets(entries, specs, args.batch_size, args.limit, args.image_loading)
+        result = evaluate(args.checkpoint, args.sets, opts, banner=print)
     except FileNotFoundError as exc:
         print(f"fakeforge eval: error: {exc}", file=sys.stderr)
         return 2
-    by_label = {e.label: {r.name: r for r in e.results} for e in entries}
-    calib = _calibrate(args, entries, by_label) if args.calibrate_on else {}
-    folders = dict(zip(labels, [out_dir / f for f in folder_names(labels)] if several else [out_dir]))
-    summaries, written = {}, []
-    for e in entries:
-        threshold = calib[e.label]["threshold"] if e.label in calib else (args.threshold if args.threshold
-                                                                        is not None else 0.5)
-        summaries[e.label] = summary = summarize(e.results, threshold)
-        info = e.detector.report_info(e.method)
-        written += write_reports(e.results, summary, folders[e.label], method=e.label, plots=not args.no_plots,
-                                 extra={"checkpoint": e.checkpoint, "calibration": calib.get(e.label), **info,
-                                        "image_loading": args.image_loading})
-        skipped = sum(len(r.errors) for r in e.results)
-        if skipped and e is entries[0]:  # the same items for every detector
-            print(f"{skipped} unreadable item(s) skipped; listed under 'errors' in {folders[e.label] / 'results.json'}")
-    if several:
-        rows = comparison_rows(entries, summaries, folders)
-        written += write_comparison(rows, out_dir, {**timing, "images_per_s": {
-            e.label: round(sum(len(r.keys) for r in e.results) / max(e.seconds, 1e-9), 2) for e in entries}})
-        print((out_dir / "comparison.md").read_text())
-    else:
-        print((out_dir / "results.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in written))
+    first = next(iter(result.folders.values()))
+    skipped = sum(v["errors"] for v in next(iter(result.summaries.values()))["sets"].values())
+    if skipped:
+        print(f"{skipped} unreadable item(s) skipped; listed under 'errors' in {first / 'results.json'}")
+    print(result.table_markdown)
+    print("wrote " + ", ".join(str(p) for p in result.written))
     return 0
 
 
@@ -425,7 +333,7 @@ def run_convert(args: argparse.Namespace) -> int:
     llm = None if str(args.llm_id).lower() in ("", "none", "null") else args.llm_id
     model = from_dict(AntifakePromptConfig, {"model_id": args.base_model, "llm_id": llm, "question": args.question,
                                              "pseudo_word": args.pseudo_word, "dtype": args.dtype}, "model")
-    check_writable_folder(args.out, "--out")
+    _writable(args.out, "--out")
     out = convert_lavis(args.src, args.out, model=model, image_size=args.image_size, mean=args.mean, std=args.std,
                         position=args.position)
     meta = read_meta(out)

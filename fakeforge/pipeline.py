@@ -2,9 +2,10 @@
 
 A pipeline config (`configs/pipelines/*.yaml`) names datasets (build configs, each built into
 `OUT/data/<name>`), detectors (trained on some datasets, or given as a checkpoint / `zero-shot`), the
-datasets to evaluate on, and whether to write the report. Each stage runs as its own `fakeforge`
-process (optionally under a launcher such as `accelerate launch --num_processes 8`), so a stage behaves
-exactly as the same command typed by hand, and a crash in one stage leaves the others' results intact.
+datasets to evaluate on, and whether to write the report. Each stage is one typed library call made in this
+process: `fakeforge.builder.build`, `detector.train.train`, `detector.eval.run.evaluate`,
+`detector.eval.report.make_report`. Under a `launcher` (e.g. `accelerate launch --num_processes 8`) builds
+and training run as that launcher's processes instead, the same command a user would type.
 
 Resume: rerun the same command. Every stage records what it was made from in `OUT/stages/<stage>.json`
 (a hash of its settings and of its inputs' hashes). A finished stage with the same hash is reused after
@@ -166,22 +167,32 @@ class Pipeline:
             return shlex.split(self.cfg.launcher) + ["-m", "fakeforge.cli", *args]
         return [sys.executable, "-m", "fakeforge.cli", *args]
 
-    def _run(self, title: str, args: list[str], launch: bool = False, in_process: bool = False) -> None:
-        """Run one stage's `fakeforge` command: builds and training in their own process (under the
-        launcher, if any: they start accelerate's distributed state), the rest in this one."""
+    def _title(self, title: str, args: list[str] | None = None) -> float:
         self.step += 1
-        print(f"[{self.step}] {title}\n    $ {shlex.join(['fakeforge', *args])}", flush=True)
-        start = time.time()
-        if in_process and not launch:
-            from fakeforge.cli import main
+        print(f"[{self.step}] {title}" + (f"\n    $ {shlex.join(['fakeforge', *args])}" if args else ""), flush=True)
+        return time.time()
 
-            code = main(args)
-        else:
-            code = subprocess.run(self._cmd(args, launch)).returncode
+    def _launch(self, title: str, args: list[str]) -> None:
+        """Run a build or training under the configured launcher (its own processes, one per GPU)."""
+        start = self._title(title, args)
+        code = subprocess.run(self._cmd(args, launch=True)).returncode
         if code != 0:
             raise PipelineError(f"stage '{title}' failed (exit {code}); fix the cause and rerun the "
                                 "same command to resume")
         print(f"    done in {time.time() - start:.1f} s", flush=True)
+
+    def _call(self, title: str, fn, *args, **kwargs):
+        """Run one stage's library call in this process; a failure names the stage and says that rerunning resumes."""
+        from fakeforge.builder.failures import BuildFailed
+
+        start = self._title(title)
+        try:
+            out = fn(*args, **kwargs)
+        except BuildFailed as exc:
+            raise PipelineError(f"stage '{title}' failed: {exc}; fix the cause and rerun the same command to "
+                                "resume") from None
+        print(f"    done in {time.time() - start:.1f} s", flush=True)
+        return out
 
     def _check_record(self, stage: str, digest: str, what_changed: str) -> dict | None:
         """The stage's record when it may be reused or resumed; refuses a record from other inputs."""
@@ -201,11 +212,19 @@ class Pipeline:
             if stage in self.rebuild and folder.exists():
                 print(f"    --rebuild {stage}: deleting {folder}")
                 shutil.rmtree(folder)
-            args = ["build", "--config", d.build, "--output", str(folder), "--no-progress"]
-            args += [a for o in d.overrides for a in ("--set", o)]
-            args += ["--tiny"] if self.tiny else []
-            args += ["--demo-data"] if self.demo_data else []
-            self._run(f"build dataset '{d.name}' ({d.build})", args, launch=True)
+            title = f"build dataset '{d.name}' ({d.build})"
+            if self.cfg.launcher:
+                args = ["build", "--config", d.build, "--output", str(folder), "--no-progress"]
+                args += [a for o in d.overrides for a in ("--set", o)]
+                args += ["--tiny"] if self.tiny else []
+                args += ["--demo-data"] if self.demo_data else []
+                self._launch(title, args)
+            else:
+                from fakeforge.builder import build
+                from fakeforge.builder.runner import BuildOptions
+
+                self._call(title, build, d.build, BuildOptions(progress=self.progress), overrides=list(d.overrides),
+                           tiny=self.tiny, demo_data=self.demo_data, output=str(folder))
             self._verify(d.name, folder)
             manifest = json.loads((folder / "manifest.json").read_text())
             self.data_hash[d.name] = str(manifest["config_hash"])
@@ -272,24 +291,28 @@ class Pipeline:
                 self.checkpoints[d.name] = (str(folder / "best"), digest)
                 continue
             paths = [self._data_spec(n) for n in d.train_on]
-            args = ["train", "--config", d.config, "--out", str(folder), "--set", f"data.train=[{','.join(paths)}]"]
+            overrides = [f"data.train=[{','.join(paths)}]"]
             data_cfg = resolved.get("data") or {}
             if d.stats and self._uses_data_statistics(resolved) and data_cfg.get("mean") is None \
                     and not data_cfg.get("stats_file"):
                 stats = self.out / "stats" / f"{d.name}.json"
                 if not (record and stats.is_file()):
-                    stats_args = ["stats", "--sets", *paths, "--image-size", str(data_cfg.get("image_size") or 224),
-                                  "--out", str(stats)]
-                    if data_cfg.get("stats_max_images"):
-                        stats_args += ["--max-images", str(data_cfg["stats_max_images"])]
-                    self._run(f"mean/std of the training data of '{d.name}'", stats_args, in_process=True)
-                args += ["--set", f"data.stats_file={stats}"]
-            args += [a for o in d.overrides for a in ("--set", o)]
-            args += ["--tiny"] if self.tiny else []
-            if (folder / "last").exists():
-                args.append("--resume")
+                    self._call(f"mean/std of the training data of '{d.name}'", write_data_statistics, paths, stats,
+                               int(data_cfg.get("image_size") or 224), data_cfg.get("stats_max_images"))
+                overrides.append(f"data.stats_file={stats}")
+            overrides += list(d.overrides)
+            resume = (folder / "last").exists()
             StageRecord(self.out, stage).write(digest, inputs, False)
-            self._run(f"train detector '{d.name}' ({d.config})", args, launch=True)
+            title = f"train detector '{d.name}' ({d.config})"
+            if self.cfg.launcher:
+                self._launch(title, ["train", "--config", d.config, "--out", str(folder),
+                                     *[a for o in overrides for a in ("--set", o)], *(["--tiny"] if self.tiny else []),
+                                     *(["--resume"] if resume else [])])
+            else:
+                from detector.train import train
+
+                self._call(title, train, d.config, overrides=overrides, tiny=self.tiny, out=str(folder),
+                           resume=resume)
             StageRecord(self.out, stage).write(digest, inputs, True)
             self.rebuild.discard(stage)
             self.checkpoints[d.name] = (str(folder / "best"), digest)
@@ -320,25 +343,15 @@ class Pipeline:
                 shutil.rmtree(folder)  # results of other inputs are redone, never mixed
             todo.append(d)
         if todo:
+            from detector.eval.run import EvalOptions, evaluate
+
             names = [d.name for d in todo]
-            # one detector: its files go straight into its folder; several: one sub-folder each, moved below
-            target = self.out / "eval" / names[0] if len(todo) == 1 else self.out / "eval" / ".side_by_side"
-            if target.exists():
-                shutil.rmtree(target)
-            args = ["eval", "--checkpoint", *(self.checkpoints[n][0] for n in names), "--name", *names,
-                    "--sets", *sets, "--out", str(target), "--no-plots", *self.cfg.evaluate.extra_args]
-            args += ["--limit", str(self.cfg.evaluate.limit)] if self.cfg.evaluate.limit else []
-            args += ["--tiny"] if self.tiny else []
-            self._run(f"evaluate {', '.join(names)} on {', '.join(self.cfg.evaluate.datasets)}", args,
-                      in_process=True)
-            if len(todo) > 1:
-                for n in names:
-                    (target / n).rename(self.out / "eval" / n)
-                comparison = sorted(target.glob("comparison.*"))
-                for f in comparison:
-                    f.replace(self.out / "eval" / f.name)
-                shutil.rmtree(target)
-                print(f"    moved to {self.out / 'eval'}: {', '.join(names)}, comparison.*", flush=True)
+            # one detector: its files go straight into its folder; several: one sub-folder each + comparison.*
+            options = EvalOptions(out=self.out / "eval" / names[0] if len(todo) == 1 else self.out / "eval",
+                                  names=names, limit=self.cfg.evaluate.limit, plots=False, tiny=self.tiny,
+                                  progress=self.progress, **eval_options(self.cfg.evaluate.extra_args))
+            self._call(f"evaluate {', '.join(names)} on {', '.join(self.cfg.evaluate.datasets)}", evaluate,
+                       [self.checkpoints[n][0] for n in names], sets, options)
             for n in names:
                 StageRecord(self.out, f"eval/{n}").write(digests[n], {"checkpoint": self.checkpoints[n][0], **inputs},
                                                         True)
@@ -373,6 +386,35 @@ class Pipeline:
             evals = self.evaluate() if self.cfg.detectors else []
             report = self.write_report(evals)
         return {"report": report, "evals": evals, "datasets": dict(self.data_hash)}
+
+
+def write_data_statistics(specs: list[str], out: Path, image_size: int, max_images: int | None) -> Path:
+    """Per-channel mean/std of the training sets (what `fakeforge stats --out` writes)."""
+    from detector.data import compute_mean_std, parse_set_specs
+    from fakeforge.files import write_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(compute_mean_std(parse_set_specs(specs), image_size, max_images), indent=2))
+    return out
+
+
+def eval_options(extra_args: list[str]) -> dict:
+    """`evaluate.extra_args` of a pipeline config (the eval command's flags) as `EvalOptions` fields."""
+    parser = argparse.ArgumentParser(prog="evaluate.extra_args", add_help=False, exit_on_error=False)
+    parser.add_argument("--scoring", default=None)
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8)
+    parser.add_argument("--image-loading", default="fakeforge")
+    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--model-id", default=None)
+    parser.add_argument("--device", default="auto")
+    try:
+        ns, rest = parser.parse_known_args(list(extra_args))
+    except argparse.ArgumentError as exc:
+        raise ConfigError(f"evaluate.extra_args = {extra_args}: {exc}") from None
+    if rest:
+        raise ConfigError(f"evaluate.extra_args: {rest} are not eval options (known: --scoring, --batch-size, "
+                          "--image-loading, --threshold, --model-id, --device)")
+    return vars(ns)
 
 
 class PipelineError(RuntimeError):
@@ -432,13 +474,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def held_out_summary(results: dict) -> dict:
-    """Balanced accuracy (mean of the real sets' and the fake sets' accuracies), overall AUC and the
-    paper-layout average of one eval's results.json."""
+    """Balanced accuracy (`detector.eval.metrics.balanced_accuracy`), overall AUC and the paper-layout average
+    of one eval's results.json."""
+    from detector.eval.metrics import balanced_accuracy
+
     sets = {k: v for k, v in results["sets"].items() if v.get("accuracy") is not None}
-    real = [v["accuracy"] for v in sets.values() if v.get("real", 0) and not v.get("fake", 0)]
-    fake = [v["accuracy"] for v in sets.values() if v.get("fake", 0) and not v.get("real", 0)]
-    parts = [sum(x) / len(x) for x in (real, fake) if x]
-    return {"balanced": sum(parts) / len(parts) if parts else float("nan"),
+    return {"balanced": balanced_accuracy({"sets": sets}),
             "auc": (results.get("overall") or {}).get("auc") or float("nan"),
             "average": results.get("average_accuracy") or float("nan"),
             "sets": {k: v["accuracy"] for k, v in sets.items()}}

@@ -100,7 +100,7 @@ def test_attack_build_on_imagefolder_records_labels_and_skips_unusable_images(tm
     assert cli_main(["build", "--config", str(cfg), "--tiny", "--tiny-dir", tiny_dir, "--no-progress"]) == 0
     summary = verify_dataset(tmp_path / "out")
     assert summary["sets"] == {"adv": 3, "real": 4}
-    stats = json.loads((tmp_path / "out" / "adv" / "000000.stats.json").read_text())
+    stats = json.loads((tmp_path / "out" / "adv" / "000000.done.json").read_text())
     errors = " | ".join(str(f) for f in stats["failures"])
     assert "smaller than min_size=16" in errors and "empty (0 bytes)" in errors
     metas = [m for m, _, ext in read_shards(tmp_path / "out" / "adv")]

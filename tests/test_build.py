@@ -102,11 +102,11 @@ def test_resume_after_sigint_sigterm_and_kill_9_gives_same_keys(tmp_path, tiny_d
                                     (signal.SIGTERM, 4, 143, "terminated (SIGTERM)"), (signal.SIGKILL, 6, -9, None)):
         child = _run_child(cfg, tiny_dir)
         deadline = time.time() + 120
-        while time.time() < deadline and len(list(set_dir.glob("*.stats.json"))) < wanted:
+        while time.time() < deadline and len(list(set_dir.glob("*.done.json"))) < wanted:
             time.sleep(0.02)
         child.send_signal(sig)
         out, _ = child.communicate(timeout=60)
-        done = len(list(set_dir.glob("*.stats.json")))
+        done = len(list(set_dir.glob("*.done.json")))
         assert wanted <= done < 10, f"the child should die mid-build (done shards: {done})"
         assert child.returncode == code, out.decode()[-2000:]
         assert not (tmp_path / "killed" / "manifest.json").exists()
@@ -151,7 +151,7 @@ def test_corrupt_source_image_is_recorded_not_fatal(tmp_path, tiny_dir):
     cfg = write_build_config(tmp_path / "r.yaml", tmp_path / "r", SETS[:1], src, max_failed_fraction=0.25)
     summary = _build(cfg, tiny_dir)
     assert summary["written"] == 3 and summary["failed"] == 1
-    stats = json.loads((tmp_path / "r" / "real" / "000000.stats.json").read_text())
+    stats = json.loads((tmp_path / "r" / "real" / "000000.done.json").read_text())
     assert stats["failures"][0]["key"].startswith("real-2-") and "empty" in stats["failures"][0]["error"]
     assert verify_dataset(tmp_path / "r")["samples"] == 3
     Image.new("RGB", (40, 32), (1, 2, 3)).save(images / "000000000002.jpg")  # the user fixes the file
@@ -216,7 +216,7 @@ def test_two_processes_write_disjoint_shards_with_the_same_keys(tmp_path, tiny_d
     assert not list((tmp_path / "two").glob("*/*.tar")) and not (tmp_path / "two" / "build_config.yaml").exists()
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two").glob("*/*.stats.json")}
+    ranks = {json.loads(p.read_text())["rank"] for p in (tmp_path / "two").glob("*/*.done.json")}
     assert ranks == {0, 1}
     assert verify_dataset(tmp_path / "two")["samples"] == 16
     assert _keys_and_bytes(tmp_path / "two").keys() == _keys_and_bytes(tmp_path / "one").keys()

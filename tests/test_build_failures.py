@@ -41,7 +41,7 @@ def test_broken_call_kwargs_stop_the_build_naming_the_set(tmp_path, tiny_dir, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fakeforge build: error: set 'sd2': the generator failed ")
     assert "ValueError" in err[0] and "generators" in err[0]
-    assert not list((tmp_path / "out" / "sd2").glob("*.stats.json")), "stopped at the first batch"
+    assert not list((tmp_path / "out" / "sd2").glob("*.done.json")), "stopped at the first batch"
     assert cli_main(["verify", str(tmp_path / "out")]) == 1
 
 
@@ -56,7 +56,7 @@ def test_same_error_on_every_sample_of_the_first_batch_stops_the_set(tmp_path, t
     err = capsys.readouterr().err
     assert "set 'ip': the first 2 sample(s) all failed in the generator with the same error" in err
     assert "could not draw a 'box' mask with area in [0.985, 0.99] on a 40x32 image" in err
-    assert not (tmp_path / "out" / "ip" / "000000.stats.json").exists()
+    assert not (tmp_path / "out" / "ip" / "000000.done.json").exists()
 
 
 def test_failure_budget_fails_the_build_and_verify_then_retry_fixes_it(tmp_path, tiny_dir, capsys):
@@ -125,7 +125,7 @@ def test_captions_that_are_not_strings_are_per_sample_errors(tmp_path, tiny_dir)
                              shards={"max_count": 5})
     summary = build(resolve_build(str(cfg), tiny=True, tiny_root=tiny_dir), progress=False)
     assert summary["written"] == 1 and summary["failed"] == 4
-    stats = json.loads((tmp_path / "out" / "sd2" / "000000.stats.json").read_text())
+    stats = json.loads((tmp_path / "out" / "sd2" / "000000.done.json").read_text())
     assert sorted(f["error"] for f in stats["failures"]) == sorted([
         "caption None is not a non-empty string", "caption 5 is not a non-empty string",
         "caption ['a', 'list'] is not a non-empty string", "caption '   ' is not a non-empty string"])

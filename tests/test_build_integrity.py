@@ -90,7 +90,7 @@ def test_interrupted_retry_failed_then_plain_rerun_completes(tmp_path, tiny_dir)
                              shards={"max_count": 4})
     assert _build(cfg, tiny_dir)["failed"] == 1
     captions.write_text(good)                                       # the user fixes the caption
-    tar, marker = tmp_path / "out" / "sd2" / "000000.tar", tmp_path / "out" / "sd2" / "000000.stats.json"
+    tar, marker = tmp_path / "out" / "sd2" / "000000.tar", tmp_path / "out" / "sd2" / "000000.done.json"
     assert tar.is_file() and marker.is_file()
     child = _child([*_build_args(cfg, tiny_dir), "--retry-failed"], tiny_dir)
     deadline = time.time() + 240
@@ -144,7 +144,7 @@ def test_write_error_drops_the_shard_and_the_rerun_completes_it(tmp_path, tiny_d
     assert "shard real/000001 was not written: [Errno 5] Input/output error (injected)" in err
     set_dir = tmp_path / "out" / "real"
     assert sorted(p.name for p in set_dir.iterdir()) == [
-        "000000.stats.json", "000000.tar", "000002.stats.json", "000002.tar", "_set.json"], "other shards go on"
+        "000000.done.json", "000000.tar", "000002.done.json", "000002.tar", "_set.json"], "other shards go on"
     assert not (tmp_path / "out" / "manifest.json").exists() or \
         json.loads((tmp_path / "out" / "manifest.json").read_text())["sets"]["real"]["shard_jobs_done"] == 2
     assert cli_main(["verify", str(tmp_path / "out")]) == 1
@@ -286,3 +286,23 @@ def test_colliding_source_ids_are_refused_before_any_model_loads(tmp_path):
                                           r"'2' caption id '200' \(2 records\)"):
         build(resolve_build(str(cfg)), progress=False)             # a model load would fail differently
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_with_legacy_stats_json_markers_stay_finished(tmp_path, tiny_dir, caplog):
+    """Outputs of earlier releases name the done-marker NNNNNN.stats.json: a rerun skips those shards, the
+    manifest counts them, verify passes; a shard redone later gets a .done.json and loses the old marker."""
+    cfg = write_build_config(tmp_path / "c.yaml", tmp_path / "out", REAL, {"kind": "demo", "limit": 12})
+    _build(cfg, tiny_dir)
+    set_dir = tmp_path / "out" / "real"
+    clean = keys_of(tmp_path / "out")
+    for marker in sorted(set_dir.glob("*.done.json")):
+        marker.rename(marker.with_name(marker.name.replace(".done.json", ".stats.json")))
+    (tmp_path / "out" / "manifest.json").unlink()
+    again = _build(cfg, tiny_dir)
+    assert again["shards_skipped"] == 3 and again["written"] == 0, "legacy markers count as done"
+    assert "written by an earlier fakeforge" in caplog.text
+    assert verify_dataset(tmp_path / "out")["samples"] == 12 and keys_of(tmp_path / "out") == clean
+    (set_dir / "000001.tar").unlink()
+    assert _build(cfg, tiny_dir)["shards_redone"] == 1
+    assert sorted(p.name for p in set_dir.glob("000001.*")) == ["000001.done.json", "000001.tar"]
+    assert verify_dataset(tmp_path / "out")["samples"] == 12 and keys_of(tmp_path / "out") == clean

@@ -136,13 +136,13 @@ def test_build_to_s3_killed_locked_resumed_verified_then_trained_and_evaluated(s
     assert second.returncode == 2, out2[-2000:]
     assert f"error: output 's3://data/sets/v1' is in use by build (pid {first.pid} on " in out2
     while time.time() < deadline and first.poll() is None and \
-            len(s3env.glob("data/sets/v1/sd2/*.stats.json")) < 2:
+            len(s3env.glob("data/sets/v1/sd2/*.done.json")) < 2:
         time.sleep(0.1)
         s3env.invalidate_cache()
     first.send_signal(signal.SIGKILL)                                   # preempted without warning
     out1 = first.communicate(timeout=60)[0]
     s3env.invalidate_cache()
-    done = len(s3env.glob("data/sets/v1/sd2/*.stats.json"))
+    done = len(s3env.glob("data/sets/v1/sd2/*.done.json"))
     assert 2 <= done < 8, out1[-2000:]
     assert not s3env.exists("data/sets/v1/manifest.json")
     assert "build[0]: " in out1 and "\r" not in out1, "progress as log lines"
@@ -256,8 +256,8 @@ def test_an_upload_that_arrives_short_drops_the_shard_and_the_rerun_completes_it
     err = capsys.readouterr().err
     assert "shard real/000001 was not written: [Errno 5] uploaded 's3://short/ds/real/000001.tar' has " in err, err
     s3env.invalidate_cache()
-    assert not s3env.exists("short/ds/real/000001.stats.json") and not s3env.exists("short/ds/real/000001.tar")
-    assert s3env.exists("short/ds/real/000002.stats.json"), "the other shards go on"
+    assert not s3env.exists("short/ds/real/000001.done.json") and not s3env.exists("short/ds/real/000001.tar")
+    assert s3env.exists("short/ds/real/000002.done.json"), "the other shards go on"
     assert cli_main(args) == 0
     from fakeforge.shards.verify import verify_dataset
 

@@ -126,11 +126,11 @@ def test_an_interrupted_rebuild_leaves_the_old_set_usable_and_resumes(tmp_path, 
     child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     staged = tmp_path / "out" / ".rebuild-sd2"
     deadline = time.time() + 180
-    while len(list(staged.glob("*.stats.json"))) < 2 and time.time() < deadline and child.poll() is None:
+    while len(list(staged.glob("*.done.json"))) < 2 and time.time() < deadline and child.poll() is None:
         time.sleep(0.02)
     child.kill()
     out = child.communicate()[0].decode()
-    assert 2 <= len(list(staged.glob("*.stats.json"))) < 8, out[-2000:]
+    assert 2 <= len(list(staged.glob("*.done.json"))) < 8, out[-2000:]
     assert _digests(tmp_path / "out" / "sd2") == before
     assert (tmp_path / "out" / "manifest.json").read_bytes() == manifest
     assert verify_dataset(tmp_path / "out")["samples"] == 8, "the old dataset stays whole during a rebuild"
@@ -231,11 +231,11 @@ def test_torchrun_4_ranks_interrupted_then_1_process_gives_a_clean_builds_keys(t
     deadline = time.time() + 240
     ranks = set()
     while time.time() < deadline and child.poll() is None and (len(ranks) < 4 or len(ranks) == 0):
-        ranks = {json.loads(p.read_text())["rank"] for p in set_dir.glob("*.stats.json") if _readable(p)}
+        ranks = {json.loads(p.read_text())["rank"] for p in set_dir.glob("*.done.json") if _readable(p)}
         time.sleep(0.05)
     os.killpg(child.pid, signal.SIGTERM)
     out = child.communicate(timeout=120)[0].decode()
-    done = len(list(set_dir.glob("*.stats.json")))
+    done = len(list(set_dir.glob("*.done.json")))
     assert ranks == {0, 1, 2, 3} and done < 16, f"every rank wrote a shard, the build was cut short: {done}\n{out[-3000:]}"
     assert "\r" not in out, "no tqdm redraws in a non-terminal log"
     for r in range(4):
@@ -271,7 +271,7 @@ def test_job_array_ranks_then_one_plain_run_writes_the_manifest(tmp_path, tiny_d
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert all("its shards are done. Once every rank has finished, run the same command once" in o for o in outs)
-    ranks = sorted(json.loads(p.read_text())["rank"] for p in (tmp_path / "out" / "real").glob("*.stats.json"))
+    ranks = sorted(json.loads(p.read_text())["rank"] for p in (tmp_path / "out" / "real").glob("*.done.json"))
     assert ranks == [0, 0, 1, 1, 2, 2] and not (tmp_path / "out" / "manifest.json").exists()
     final = _build(cfg, tiny_dir)
     assert final["written"] == 0 and final["shards_skipped"] == 6

@@ -109,7 +109,7 @@ def test_eval_shards_and_folders_writes_all_reports(ckpt, folders, tmp_path, cap
     assert res["sets"]["coco"]["auc"] is None and 0 <= res["sets"]["sd2"]["auc"] <= 1
     assert res["threshold"] == 0.5 and len(res["errors"]["sd2"]) == 2
     md = (out / "results.md").read_text()
-    assert "| Method | coco | sd2 | flickr | gen | **Avg** |" in md
+    assert "| Method | Train set | #params | coco | sd2 | flickr | gen | **Avg** |" in md
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
     assert "Avg" in (out / "results.csv").read_text()
     assert "| tiny_ckpt |" in capsys.readouterr().out

@@ -62,5 +62,6 @@ def test_summary_pools_reals_against_each_fake_set():
     assert s["sets"]["sd2"]["auc"] == 1.0 and s["sets"]["lama"]["auc"] == 0.5
     assert math.isnan(s["sets"]["coco"]["auc"]) and s["sets"]["sd2"]["errors"] == 1
     assert s["average_accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
-    md = markdown_table(s, "tuned")
-    assert "| Method | coco | sd2 | lama | **Avg** |" in md and "| tuned | 50.00 | 100.00 | 0.00 | **50.00** |" in md
+    md = markdown_table(s, "tuned", train_set="coco vs sd2", params=4864)
+    assert "| Method | Train set | #params | coco | sd2 | lama | **Avg** |" in md
+    assert "| tuned | coco vs sd2 | 4.86K | 50.00 | 100.00 | 0.00 | **50.00** |" in md

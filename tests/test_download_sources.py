@@ -47,7 +47,7 @@ def _build(cfg, tiny_dir):
 
 def _failures(out, set_name) -> dict[str, str]:
     """sample key -> recorded error, over every shard's stats file."""
-    return {f["key"]: f["error"] for p in sorted((out / set_name).glob("*.stats.json"))
+    return {f["key"]: f["error"] for p in sorted((out / set_name).glob("*.done.json"))
             for f in json.loads(p.read_text())["failures"]}
 
 

@@ -105,7 +105,7 @@ def test_hostile_source_images_are_per_sample_errors_in_a_build(tmp_path, hostil
     code, _out, err, peak_mb = _run_measured(["build", "--config", str(cfg), "--no-progress"])
     assert code == 0, err[-2000:]
     assert peak_mb < BUILD_RSS_LIMIT_MB, f"peak RSS {peak_mb:.0f} MB"
-    stats = json.loads((tmp_path / "out" / "real" / "000000.stats.json").read_text())
+    stats = json.loads((tmp_path / "out" / "real" / "000000.done.json").read_text())
     assert stats["written"] == 3
     errors = {f["key"]: f["error"] for f in stats["failures"]}
     assert sorted(errors) == ["real-4-400", "real-5-500", "real-6-600"]

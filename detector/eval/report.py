@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from detector.eval.metrics import balanced_accuracy  # noqa: F401  (importable from here)
+from detector.eval.tables import PaperRow, cell_style, paper_table, pct
 from fakeforge.config import ConfigError
 
 GRID_SIZE = 6  # samples per row of the confidence grids
@@ -36,6 +38,14 @@ class MethodResult:
     summary: dict
     samples: dict[str, list[tuple[str, int, float]]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+
+    @property
+    def train_set(self) -> str:
+        return str(self.info.get("train_set") or "")
+
+    @property
+    def params(self) -> int | None:
+        return self.info.get("trainable_parameters")
 
 
 def load_eval_dir(path: str | Path) -> MethodResult:
@@ -161,7 +171,7 @@ def _plots(methods: list[MethodResult]) -> dict[str, str]:
             if fake.size and real.size:
                 fpr, tpr, _ = roc_curve(np.r_[np.zeros(real.size, int), np.ones(fake.size, int)], np.r_[real, fake])
                 auc = m.summary["sets"].get(name, {}).get("auc", math.nan)
-                ax.plot(fpr, tpr, label=f"{name} ({_pct(auc)})")
+                ax.plot(fpr, tpr, label=f"{name} ({pct(auc)})")
         ax.plot([0, 1], [0, 1], color="grey", ls=":")
         ax.set_xlabel("real called fake (FPR)")
         ax.set_ylabel("fake called fake (TPR)")
@@ -187,10 +197,6 @@ def _zero_nan(v: float) -> float:
     return 0.0 if v is None or math.isnan(v) else v
 
 
-def _pct(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
-
-
 # ------------------------------------------------------------------------------------------- writing
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
 color:#1d2329;padding:0 1rem}h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #dde2e6;
@@ -202,56 +208,16 @@ padding:.3rem .55rem;text-align:right}th{background:#f3f5f7}td:first-child,th:fi
 pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.78rem}.flag{color:#c62828;font-weight:700}"""
 
 
-def _cell_style(acc: float) -> str:
-    """Background from red (0 %) through yellow to green (100 %)."""
-    if acc is None or math.isnan(acc):
-        return ""
-    hue = int(120 * acc)
-    return f' style="background:hsl({hue},65%,85%)"'
-
-
-def balanced_accuracy(summary: dict) -> float:
-    """Mean of the real sets' mean accuracy and the fake sets' mean accuracy (NaN when a class is absent).
-
-    The paper-layout average weighs every set alike, so with more fake sets than real ones a detector
-    that calls everything fake scores well; the balanced figure does not reward that."""
-    real = [v["accuracy"] for v in summary["sets"].values() if v.get("real") and not v.get("fake")
-            and not math.isnan(v.get("accuracy", math.nan))]
-    fake = [v["accuracy"] for v in summary["sets"].values() if v.get("fake") and not v.get("real")
-            and not math.isnan(v.get("accuracy", math.nan))]
-    if not real or not fake:
-        return math.nan
-    return 0.5 * (sum(real) / len(real) + sum(fake) / len(fake))
-
-
 def _heads(names: list[str], held_in: set[str]) -> tuple[str, list[str]]:
     cells = "".join(f"<th>{html.escape(n)}{'<sup title=held-in>in</sup>' if n in held_in else ''}</th>" for n in names)
     return cells, [f"{n} (in)" if n in held_in else n for n in names]
 
 
 def accuracy_table(methods: list[MethodResult], held_in: set[str] | None = None) -> tuple[str, str]:
-    """(HTML, Markdown) of the paper-layout table: a row per detector, a column per set, the average, then
-    the balanced accuracy and the overall AUC (see `balanced_accuracy`)."""
-    names = list(methods[0].summary["sets"])
-    head, md_names = _heads(names, held_in or set())
-    rows_html, rows_md = [], []
-    for m in methods:
-        accs = [m.summary["sets"].get(n, {}).get("accuracy", math.nan) for n in names]
-        cells = "".join(f"<td{_cell_style(a)}>{_pct(a)}</td>" for a in accs)
-        avg = m.summary.get("average_accuracy", math.nan)
-        bal = balanced_accuracy(m.summary)
-        auc = (m.summary.get("overall") or {}).get("auc", math.nan)
-        auc = math.nan if auc is None else auc
-        rows_html.append(f"<tr><td>{html.escape(m.method)}</td>{cells}<td class=avg{_cell_style(avg)}>{_pct(avg)}"
-                         f"</td><td class=avg{_cell_style(bal)}>{_pct(bal)}</td><td{_cell_style(auc)}>{_pct(auc)}</td>"
-                         "</tr>")
-        rows_md.append(f"| {m.method} | " + " | ".join(_pct(a) for a in accs)
-                       + f" | **{_pct(avg)}** | {_pct(bal)} | {_pct(auc)} |")
-    html_table = (f"<table><tr><th>Method</th>{head}<th>Avg</th><th title='mean of the real and the fake sets' "
-                  f"accuracies'>Balanced</th><th>AUC</th></tr>{''.join(rows_html)}</table>")
-    md = "\n".join([f"| Method | {' | '.join(md_names)} | **Avg** | Balanced | AUC |",
-                    "|---|" + "---|" * (len(names) + 3), *rows_md])
-    return html_table, md
+    """(HTML, Markdown) of the paper-layout table (`tables.paper_table`): a row per detector with its training
+    sets and trainable parameters, a column per set, the average, the balanced accuracy and the overall AUC."""
+    rows = [PaperRow.from_summary(m.method, m.summary, train_set=m.train_set, params=m.params) for m in methods]
+    return paper_table(rows, held_in or set(), balanced=True)
 
 
 def metric_table(methods: list[MethodResult], key: str, held_in: set[str] | None = None) -> tuple[str, str]:
@@ -265,8 +231,8 @@ def metric_table(methods: list[MethodResult], key: str, held_in: set[str] | None
         ok = [v for v in vals if not math.isnan(v)]
         mean = sum(ok) / len(ok) if ok else math.nan
         rows_html.append(f"<tr><td>{html.escape(m.method)}</td>" + "".join(
-            f"<td{_cell_style(v)}>{_pct(v)}</td>" for v in vals) + f"<td class=avg>{_pct(mean)}</td></tr>")
-        rows_md.append(f"| {m.method} | " + " | ".join(_pct(v) for v in vals) + f" | **{_pct(mean)}** |")
+            f"<td{cell_style(v)}>{pct(v)}</td>" for v in vals) + f"<td class=avg>{pct(mean)}</td></tr>")
+        rows_md.append(f"| {m.method} | " + " | ".join(pct(v) for v in vals) + f" | **{pct(mean)}** |")
     return (f"<table><tr><th>Method</th>{head}<th>Mean</th></tr>{''.join(rows_html)}</table>",
             "\n".join([f"| Method | {' | '.join(md_names)} | **Mean** |", "|---|" + "---|" * (len(names) + 1),
                        *rows_md]))
@@ -279,7 +245,7 @@ def detail_table(methods: list[MethodResult]) -> tuple[str, str]:
     for m in methods:
         for name, v in m.summary["sets"].items():
             rows.append([m.method, name, f"{v.get('n', 0)} ({v.get('real', 0)}/{v.get('fake', 0)})",
-                         str(v.get("errors", 0)), _pct(v.get("accuracy")), _pct(v.get("auc")), _pct(v.get("ap"))])
+                         str(v.get("errors", 0)), pct(v.get("accuracy")), pct(v.get("auc")), pct(v.get("ap"))])
     h = "<table><tr>" + "".join(f"<th>{c}</th>" for c in hdr) + "</tr>" + "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
     md = "\n".join(["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)] + ["| " + " | ".join(r) + " |" for r in rows])

@@ -18,13 +18,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from detector.data import SetSpec, iter_set_images
-from detector.eval.evaluate import SetScores, _jsonable, _pct
+from detector.eval.evaluate import SetScores, _jsonable
+from detector.eval.tables import PaperRow, format_params, paper_table, pct  # noqa: F401  (format_params: importable from here)
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,13 @@ def _pre_key(det) -> str:
 
 @torch.no_grad()
 def score_sets(entries: list[Entry], specs: list[SetSpec], batch_size: int = 8, limit: int | None = None,
-               loading: str = "fakeforge", progress: bool = True) -> dict:
+               loading: str = "fakeforge", progress: bool = True,
+               image_hook: Callable[[str, Any], Any] | None = None) -> dict:
     """Score every readable item of every set with every entry (results appended to `entry.results`, one
-    SetScores per set); unreadable items are listed in each entry's SetScores.errors. Returns timings."""
+    SetScores per set); unreadable items are listed in each entry's SetScores.errors. Returns timings.
+
+    `image_hook(key, image) -> image`: applied to each decoded PIL image before the detectors' transforms
+    (e.g. a degradation); an exception it raises is that sample's recorded error."""
     from tqdm import tqdm
 
     transforms = {}
@@ -96,6 +101,11 @@ def score_sets(entries: list[Entry], specs: list[SetSpec], batch_size: int = 8, 
             for key, img, label, err in iter_set_images(spec, loading=loading):
                 if err is None and label is None:
                     err = "no label"
+                if err is None and image_hook is not None:
+                    try:
+                        img = image_hook(key, img)
+                    except Exception as exc:  # noqa: BLE001 - one sample's failure, recorded like a bad file
+                        err = f"{type(exc).__name__}: {exc}"
                 if err is not None:
                     for e in entries:
                         e.results[-1].errors.append((key, err))
@@ -118,15 +128,6 @@ def score_sets(entries: list[Entry], specs: list[SetSpec], batch_size: int = 8, 
 
 
 # ------------------------------------------------------------------------------------------- the table
-def format_params(n: int | None) -> str:
-    """4864 -> "4.86K", 16917838 -> "16.92M" (the paper's #params column)."""
-    if n is None:
-        return "?"
-    if n < 1000:
-        return str(n)
-    return f"{n / 1e3:.2f}K" if n < 1_000_000 else f"{n / 1e6:.2f}M"
-
-
 def train_set_label(meta: dict | None) -> str:
     """"coco vs sd2" from a checkpoint's training summary (real sets vs fake sets); "–" for the zero-shot
     baseline, "untrained" for a run's init/."""
@@ -171,18 +172,13 @@ def _mean(values: list[float]) -> float:
 def comparison_markdown(rows: list[dict]) -> str:
     """Accuracy (paper layout), then AUC and AP per set (each set's fakes against all real samples)."""
     names = list(rows[0]["sets"]) if rows else []
-    head = "| " + " | ".join(names) + " | **Avg** |"
-    sep = "---|" * (len(names) + 1)
-    acc = ["| Method | Train set | #params " + head, "|---|---|---|" + sep]
-    for r in rows:
-        acc.append(f"| {r['method']} | {r['train_set']} | {format_params(r['trainable_parameters'])} | "
-                   + " | ".join(_pct(r["sets"][n]["accuracy"]) for n in names)
-                   + f" | **{_pct(r['average_accuracy'])}** |")
+    table = paper_table([PaperRow(r["method"], {n: r["sets"][n]["accuracy"] for n in names}, r["average_accuracy"],
+                                  r["train_set"], r["trainable_parameters"]) for r in rows])[1]
     thresholds = {r["threshold"] for r in rows}
     threshold = (f"{thresholds.pop():.4f}" if len(thresholds) == 1 else
                  ", ".join(f"{r['method']} {r['threshold']:.4f}" for r in rows))
     out = ["# Side-by-side evaluation", "", f"Decision threshold on P(fake): {threshold}", "",
-           "## Accuracy (%) per set", "", *acc, ""]
+           "## Accuracy (%) per set", "", table, ""]
     fake_sets = [n for n in names if any(r["sets"][n]["auc"] is not None and not math.isnan(r["sets"][n]["auc"])
                                          for r in rows)]
     for metric, title in (("auc", "AUC"), ("ap", "AP")):
@@ -191,8 +187,8 @@ def comparison_markdown(rows: list[dict]) -> str:
                 "|---|" + "---|" * (len(fake_sets) + 2)]
         for r in rows:
             vals = [r["sets"][n][metric] for n in fake_sets]
-            out.append(f"| {r['method']} | " + " | ".join(_pct(v) for v in vals)
-                       + f" | **{_pct(_mean(vals))}** | {_pct(r['overall'][metric])} |")
+            out.append(f"| {r['method']} | " + " | ".join(pct(v) for v in vals)
+                       + f" | **{pct(_mean(vals))}** | {pct(r['overall'][metric])} |")
         out.append("")
     out += ["Per-detector results (results.md/.csv/.json, scores.csv): "
             + ", ".join(f"`{Path(r['folder']).name}/`" for r in rows), ""]

@@ -40,6 +40,7 @@ from detector.train.config import (
     lr_at,
     set_hyperparameters,
 )
+from detector.checkpoint import META_FILE
 from fakeforge.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from fakeforge.files import atomic_path
 from fakeforge.locking import FolderLockedError, OutputLock
@@ -48,7 +49,6 @@ from fakeforge.shards.reader import shard_id
 log = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "config.yaml"
-META_FILE = "detector.json"
 METRIC_FIELDS = ["time", "epoch", "step", "split", "loss", "lr", "images_per_s", "val_loss", "val_acc"]
 __all__ = ["Trainer", "TrainConfig", "lr_at", "STATE_FILE", "TrainingDivergedError"]
 

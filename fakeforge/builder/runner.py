@@ -42,7 +42,7 @@ from fakeforge.builder.ranks import Ranks, build_lock, process_state, resolve_ra
 from fakeforge.builder.worker import BatchReport, run_shard
 from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
 from fakeforge.shards.store import Store, redact_url
-from fakeforge.shards.writer import STATS_SUFFIX, ShardWriteError, list_shard_files, plan_record, shard_state
+from fakeforge.shards.writer import ShardWriteError, existing_marker, list_shard_files, plan_record, shard_state
 from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure
 
@@ -316,7 +316,7 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
                  if v["shard_jobs_done"] != v["shard_jobs"]]
     failures += over_budget(store, manifest, resolved.config.max_failed_fraction)
     if manifest["failed"] and not failures:
-        log.warning("%d samples failed (their errors are in each shard's .stats.json); after fixing the "
+        log.warning("%d samples failed (their errors are in each shard's .done.json); after fixing the "
                     "cause, rerun with --retry-failed to redo only the shards that have failures",
                     manifest["failed"])
     return failures
@@ -339,13 +339,16 @@ def _todo(store: Store, out_plan, jobs, retry_failed: bool, verify_existing: boo
         folder = out_plan.folders[rset.name]
         if folder not in listings:
             listings[folder] = list_shard_files(store, folder)
-    wanted = [f"{out_plan.folders[rset.name]}/{job.index:06d}{STATS_SUFFIX}" for rset, job in jobs
-              if f"{job.index:06d}{STATS_SUFFIX}" in listings[out_plan.folders[rset.name]].get(f"{job.index:06d}", {})]
+    found = {(rset.name, job.index): existing_marker(listings[out_plan.folders[rset.name]].get(f"{job.index:06d}", {}),
+                                                   job.index) for rset, job in jobs}
+    wanted = [f"{out_plan.folders[rset.name]}/{found[rset.name, job.index]}" for rset, job in jobs
+              if found[rset.name, job.index]]
     markers = store.read_many(wanted)
     todo, redone = [], 0
     for rset, job in jobs:
         folder = out_plan.folders[rset.name]
-        raw = markers.get(f"{folder}/{job.index:06d}{STATS_SUFFIX}")
+        name = found[rset.name, job.index]
+        raw = markers.get(f"{folder}/{name}") if name else None
         try:
             stats = json.loads(raw) if raw is not None else None
         except (ValueError, UnicodeDecodeError):

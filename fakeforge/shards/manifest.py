@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fakeforge.shards.store import Store
-from fakeforge.shards.writer import STATS_SUFFIX, as_store
+from fakeforge.shards.writer import as_store, is_marker
 
 MANIFEST = "manifest.json"
 SET_RECORD = "_set.json"
@@ -25,7 +26,10 @@ def dataset_hash(set_hashes: dict[str, dict]) -> str:
 def collect_stats(out_dir: str | Path | Store, set_name: str) -> list[dict]:
     """Stats of every finished shard of a set, sorted by shard index (one listing, concurrent reads)."""
     store = as_store(out_dir)
-    names = sorted(n for n in store.listdir(set_name) if n.endswith(STATS_SUFFIX) and n[:6].isdigit())
+    listing = store.listdir(set_name)
+    # one marker per shard: the current name wins over a legacy one left beside it
+    names = sorted(n for n in listing if is_marker(n) and not (n.endswith(".stats.json")
+                                                                and n[:6] + ".done.json" in listing))
     stats = []
     for data in store.read_many([f"{set_name}/{n}" for n in names]).values():
         try:
@@ -63,3 +67,29 @@ def build_manifest(out_dir: str | Path | Store, sets: list[dict], config_hash: s
         manifest["failed"] += failed
     store.write_json(MANIFEST, manifest)
     return manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A finished dataset's manifest.json, typed: its location, dataset hash, per-set counts and the raw JSON."""
+
+    location: str
+    config_hash: str
+    sets: dict[str, dict]
+    total: int
+    failed: int
+    raw: dict
+
+    @classmethod
+    def read(cls, location: str | Path | Store) -> "Manifest":
+        """Read `location/manifest.json`; FileNotFoundError when the dataset is not complete (no manifest)."""
+        store = as_store(location)
+        data = store.read_json(MANIFEST)
+        if data is None:
+            raise FileNotFoundError(f"'{store.show(MANIFEST)}' does not exist: the dataset is not complete")
+        return cls(str(store.url()), str(data.get("config_hash")), dict(data.get("sets") or {}),
+                   int(data.get("total", 0)), int(data.get("failed", 0)), data)
+
+    def counts(self) -> dict[str, int]:
+        """Samples per set."""
+        return {name: int(v.get("count", 0)) for name, v in self.sets.items()}

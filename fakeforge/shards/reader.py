@@ -6,7 +6,7 @@ Layout of a built dataset (a folder, or a prefix such as s3://bucket/data/v1):
     OUT/build_config.yaml          the resolved build config of the last build
     OUT/<set>/_set.json            the set's record: its settings and their hash
     OUT/<set>/NNNNNN.tar           WebDataset shards: <key>.<jpg|png|webp>, <key>.json, maybe <key>.mask.png
-    OUT/<set>/NNNNNN.stats.json    per-shard done-marker (written after the tar is complete)
+    OUT/<set>/NNNNNN.done.json     per-shard done-marker (written after the tar is complete; .stats.json before 0.2)
 
 Local shards are returned as `Path`s (as before); shards behind a URL as URL strings. Either kind goes
 to `webdataset.WebDataset` as `str(tar)`: importing this module registers an fsspec opener for every

@@ -156,10 +156,10 @@ def verify_dataset(out_dir: str | Path, check_hashes: bool = True) -> dict:
         total = info["count"] + info["failed"]
         if info["count"] == 0:
             raise VerifyError(f"set '{set_name}' holds 0 samples ({info['failed']} failed; their errors are in "
-                              f"'{store.show(set_name)}/*.stats.json')")
+                              f"'{store.show(set_name)}/*.done.json')")
         if isinstance(max_failed, (int, float)) and info["failed"] > max_failed * total:
             raise VerifyError(f"set '{set_name}': {info['failed']} of {total} samples failed, over the build's "
-                              f"max_failed_fraction {max_failed:g} (errors in '{store.show(set_name)}/*.stats.json')")
+                              f"max_failed_fraction {max_failed:g} (errors in '{store.show(set_name)}/*.done.json')")
         set_hash = _check_set_identity(store, manifest, set_name, info)
         sizes = store.listdir(set_name)
         count = 0
@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
                              for k, v in s["sets"].items())
             failed = sum(s["failed"].values())
             print(f"OK {shown}: {s['samples']} samples in {s['tars']} tars ({sets})"
-                  + (f"; {failed} failed samples within the build's budget, listed in */*.stats.json" if failed
+                  + (f"; {failed} failed samples within the build's budget, listed in */*.done.json" if failed
                      else ""))
         except VerifyError as exc:
             print(f"FAILED {shown}: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Write one planned shard atomically: temp name, rename when complete, then the done-marker.
 
 A shard job `NNNNNN` of a set writes `NNNNNN.tar` (plus `NNNNNN-1.tar`, `NNNNNN-2.tar`... only
-when the size limit splits it) and finally `NNNNNN.stats.json`. The stats file is the done-marker,
+when the size limit splits it) and finally `NNNNNN.done.json`, the done-marker (outputs of earlier
+releases name it `NNNNNN.stats.json`; both are read, new shards write `.done.json`),
 and it records each tar's size and sha256. A shard is done only when its marker says so *and*
 every tar it lists is there with the recorded size (`shard_state`); anything else is redone from
 scratch on resume. Redoing a shard removes its marker first, so an interruption at any point
@@ -26,7 +27,11 @@ import webdataset as wds
 
 from fakeforge.shards.store import Store, sha256_of, write_file_atomic
 
-STATS_SUFFIX = ".stats.json"
+DONE_SUFFIX = ".done.json"
+LEGACY_DONE_SUFFIX = ".stats.json"  # the done-marker's name before fakeforge 0.2: still read, never written
+MARKER_SUFFIXES = (DONE_SUFFIX, LEGACY_DONE_SUFFIX)
+STATS_SUFFIX = DONE_SUFFIX  # the earlier name of this constant
+_warned_legacy = False
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -35,7 +40,33 @@ def shard_stem(index: int) -> str:
 
 
 def marker_name(index: int) -> str:
-    return f"{shard_stem(index)}{STATS_SUFFIX}"
+    """The done-marker a shard gets when it is written now."""
+    return f"{shard_stem(index)}{DONE_SUFFIX}"
+
+
+def is_marker(name: str) -> bool:
+    """True for a done-marker file name, new or legacy ("000012.done.json", "000012.stats.json")."""
+    return name[:6].isdigit() and name.endswith(MARKER_SUFFIXES) and len(name) == 6 + len(
+        next(s for s in MARKER_SUFFIXES if name.endswith(s)))
+
+
+def existing_marker(names, index: int) -> str | None:
+    """The name of shard `index`'s done-marker among the file `names` of its set folder (the new name first,
+    then the legacy one, which is logged once); None when it has none."""
+    global _warned_legacy
+    stem = shard_stem(index)
+    if f"{stem}{DONE_SUFFIX}" in names:
+        return f"{stem}{DONE_SUFFIX}"
+    if f"{stem}{LEGACY_DONE_SUFFIX}" in names:
+        if not _warned_legacy:
+            _warned_legacy = True
+            import logging
+
+            logging.getLogger("fakeforge.builder").warning(
+                "reading done-markers named NNNNNN%s (written by an earlier fakeforge); they count as done, "
+                "new shards write NNNNNN%s", LEGACY_DONE_SUFFIX, DONE_SUFFIX)
+        return f"{stem}{LEGACY_DONE_SUFFIX}"
+    return None
 
 
 def stats_path(set_dir: Path, index: int) -> Path:
@@ -61,10 +92,10 @@ class ShardWriteError(Exception):
                                                           errno.EPERM)
 
 
-def read_stats(store: Store, set_rel: str, index: int) -> dict | None:
-    """The shard's stats (done-marker), or None when it is missing or unreadable."""
+def read_stats(store: Store, set_rel: str, index: int, marker: str | None = None) -> dict | None:
+    """The shard's stats (done-marker `marker`, default the current name), or None when missing or unreadable."""
     try:
-        return store.read_json(f"{set_rel}/{marker_name(index)}")
+        return store.read_json(f"{set_rel}/{marker or marker_name(index)}")
     except (OSError, ValueError):
         return None
 
@@ -99,12 +130,12 @@ def shard_state(store: Store | Path, set_rel: str, index: int, *, plan: dict | N
     folder is listed here); `stats`: the marker's content when the caller already read it."""
     store = as_store(store)
     stem = shard_stem(index)
-    marker = marker_name(index)
     names = (existing if existing is not None else list_shard_files(store, set_rel)).get(stem, {})
-    if marker not in names:
+    marker = existing_marker(names, index)
+    if marker is None:
         return False, None
     if stats is _UNREAD:
-        stats = read_stats(store, set_rel, index)
+        stats = read_stats(store, set_rel, index, marker)
     if not isinstance(stats, dict) or not stats.get("done") or not isinstance(stats.get("tars"), list):
         return False, f"its done-marker {marker} is unreadable"
     if plan is not None and stats.get("plan") != plan:
@@ -133,13 +164,6 @@ def shard_state(store: Store | Path, set_rel: str, index: int, *, plan: dict | N
     return True, None
 
 
-def is_done(set_dir: Path, index: int, without_failures: bool = False, check_hash: bool = False) -> bool:
-    """True when shard `index` of the local set folder `set_dir` is finished and whole (see `shard_state`)."""
-    set_dir = Path(set_dir)
-    return shard_state(Store(set_dir.parent), set_dir.name, index, without_failures=without_failures,
-                       check_hash=check_hash)[0]
-
-
 def _is_part_of(name: str, stem: str) -> bool:
     return name == f"{stem}.tar" or name.startswith(f"{stem}-") or name.startswith(f"{stem}.tar")
 
@@ -149,14 +173,14 @@ def clear_partial(store: Store | Path, set_rel: str, index: int) -> None:
     interruption at any point leaves the shard not done."""
     store = as_store(store)
     stem = shard_stem(index)
-    marker = marker_name(index)
     names = store.listdir(set_rel)
-    if marker in names:
+    markers = [f"{stem}{s}" for s in MARKER_SUFFIXES if f"{stem}{s}" in names]
+    for marker in markers:
         store.remove(f"{set_rel}/{marker}")
-        if store.local:
-            fsync_dir(Path(store.path(set_rel)))  # the marker's removal must reach the disk before any tar goes
+    if markers and store.local:
+        fsync_dir(Path(store.path(set_rel)))  # the marker's removal must reach the disk before any tar goes
     for name in names:
-        if name != marker and name.startswith(stem) and (_is_part_of(name, stem) or name.endswith(".tmp")):
+        if name not in markers and name.startswith(stem) and (_is_part_of(name, stem) or name.endswith(".tmp")):
             store.remove(f"{set_rel}/{name}")
 
 
