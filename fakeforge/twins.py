@@ -24,7 +24,7 @@ TWINS.register("sdxl", "fakeforge.tiny.diffusers_twins:build_sdxl", "StableDiffu
 TWINS.register("sd3", "fakeforge.tiny.diffusers_twins:build_sd3", "StableDiffusion3Pipeline with T5")
 TWINS.register("instructblip", "fakeforge.tiny.instructblip:build_instructblip",
                "InstructBlipForConditionalGeneration + processor")
-# editing and super-resolution twins (issue 4)
+# editing and super-resolution twins
 for _name, _help in [("sd2_inpaint", "StableDiffusionInpaintPipeline (9-channel UNet)"),
                      ("sd_x4_upscaler", "StableDiffusionUpscalePipeline (x4)"),
                      ("sd_latent_upscaler", "StableDiffusionLatentUpscalePipeline (x2)"),
@@ -32,21 +32,21 @@ for _name, _help in [("sd2_inpaint", "StableDiffusionInpaintPipeline (9-channel 
                      ("liif", "LIIF (EDSR-baseline encoder + implicit MLP) state dict"),
                      ("lama", "TorchScript model with big-lama.pt's call contract")]:
     TWINS.register(_name, f"fakeforge.tiny.editing_twins:build_{_name}", _help)
-# detector backbones (issue 11)
+# detector backbones
 for _name, _help in [("timm_vit", "timm VisionTransformer (ViT-B/16 class), local-dir folder"),
                      ("timm_resnet", "timm ResNet (ResNet-50 Bottleneck class), local-dir folder"),
                      ("open_clip_vit", "open_clip CLIP with a ViT image tower, local-dir folder"),
                      ("hf_clip_vit", "transformers CLIPVisionModelWithProjection + CLIPImageProcessor")]:
     TWINS.register(_name, f"fakeforge.tiny.backbone_twins:build_{_name}", _help)
 
-# issue 13: cascade and ported generators
+# cascade and ported generators
 TWINS.register("deepfloyd_if", "fakeforge.tiny.cascade_twins:build_deepfloyd_if",
                "IF stage I (IFPipeline, T5) + stage II (IFSuperResolutionPipeline) + SD x4 upscaler, one folder each")
 TWINS.register("lte", "fakeforge.tiny.port_twins:build_lte", "LTE (EDSR-baseline encoder) in the official .pth layout")
 TWINS.register("stylegan_xl", "fakeforge.tiny.port_twins:build_stylegan_xl",
                "StyleGAN-XL (16 px, 1000 classes) as an official-layout network pickle")
 
-# attack models (issue 10)
+# attack models
 TWINS.register("surrogate_resnet50", "fakeforge.tiny.attack_twins:build_surrogate_resnet50",
                "timm resnet50 at toy size (attack surrogate), timm local-dir format")
 TWINS.register("issba_stegastamp", "fakeforge.tiny.attack_twins:build_issba_stegastamp",

@@ -23,7 +23,7 @@ GENERATORS.register("upscale", "generators.superres:DiffusersUpscale", "SD x4 up
 GENERATORS.register("liif", "generators.liif:LiifSuperRes", "LIIF arbitrary-scale super-resolution")
 GENERATORS.register("img2img", "generators.img2img:Img2Img", "SDEdit image-to-image with a strength")
 GENERATORS.register("controlnet", "generators.controlnet:ControlNetCanny", "ControlNet on canny edges + caption")
-# issue 13: the paper's remaining test-set generators and download-only sets
+# the paper's remaining test-set generators and download-only sets
 GENERATORS.register("cascade", "generators.cascade:Cascade",
                     "a chain of diffusers pipelines, each stage's image feeding the next (DeepFloyd IF)")
 GENERATORS.register("lte", "generators.lte:LteSuperRes", "LTE (local texture estimator) super-resolution")

@@ -48,7 +48,7 @@ def test_ls_lists_the_new_presets_types_and_twins(capsys):
 
 
 def test_paper_test_config_lists_every_column_and_skips_absent_downloads(caplog):
-    """v1 + v3 columns of AntifakePrompt's tables (papers.md 1.7-1.8), attacks aside (issue 10)."""
+    """v1 + v3 columns of AntifakePrompt's tables (papers.md 1.7-1.8), attacks aside."""
     import logging
 
     from fakeforge.config import CONFIG_ROOT, load_yaml

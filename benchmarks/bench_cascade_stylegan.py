@@ -1,6 +1,6 @@
-"""Issue 13 generators against their plain counterparts, same inputs, one run.
+"""The cascade (DeepFloyd IF) and StyleGAN-XL generators against their plain counterparts, same inputs, one run.
 
-    python benchmarks/bench_gen13.py [--images 8] [--batch-size 4] [--repeats 3] [--threads N]
+    python benchmarks/bench_cascade_stylegan.py [--images 8] [--batch-size 4] [--repeats 3] [--threads N]
 
 cascade: the `cascade` generator (DeepFloyd IF twin, stages I + II: T5 run once per batch, stage II
     loaded without its encoder) against the hand-written diffusers chain of the IF model card where
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = Path(tempfile.mkdtemp(prefix="bench_gen13_"))
+    root = Path(tempfile.mkdtemp(prefix="bench_cascade_stylegan_"))
     reqs = [GenRequest(f"k{i}", f"a red cat number {i} on a beach", seed=i) for i in range(args.images)]
     batches = [reqs[i:i + args.batch_size] for i in range(0, len(reqs), args.batch_size)]
 
