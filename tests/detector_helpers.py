@@ -31,23 +31,23 @@ def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
 
 def write_set(folder: Path, kind: str, n: int, shards: int = 1, seed: int = 0, generator: str | None = None,
               labels: list[str] | None = None) -> list[Path]:
-    """Write `n` samples of one colour family as a shard set (<key>.jpg + <key>.json) with TarWriter."""
-    import webdataset as wds
+    """Write `n` samples of one colour family as a shard set (<key>.jpg + <key>.json) through the product's shard
+    writer (`ShardSink`: temp name, rename, done-marker), as the builder writes them."""
+    from fakeforge.shards.writer import ShardSink
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    paths = [folder / f"{i:06d}.tar" for i in range(shards)]
-    writers = [wds.TarWriter(str(p)) for p in paths]
+    sinks = [ShardSink(folder, i, 2**40, {"set": folder.name}) for i in range(shards)]
     for i in range(n):
         label = labels[i] if labels else kind
         key = f"{folder.name}_{i:05d}"
         meta = {"key": key, "label": label, "set": folder.name, "generator": generator or kind,
                 "model_id": None if kind == "real" else "tiny", "caption": "a photo", "source_image_id": str(i)}
-        writers[i % shards].write({"__key__": key, "jpg": encode(make_image(kind, rng)),
-                                   "json": json.dumps(meta).encode()})
-    for w in writers:
-        w.close()
-    return paths
+        sinks[i % shards].write({"__key__": key, "jpg": encode(make_image(kind, rng)),
+                                 "json": json.dumps(meta).encode()})
+    for sink in sinks:
+        sink.close()
+    return [folder / f"{i:06d}.tar" for i in range(shards)]
 
 
 def write_dataset(root: Path, n_real: int = 48, n_fake: int = 48, shards: int = 1, seed: int = 0) -> Path:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from detector.eval.tables import format_params
 from fakeforge.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +41,15 @@ def test_report_puts_detectors_side_by_side_with_everything_inlined(built, tmp_p
     md = (tmp_path / "report.md").read_text()
     results = [json.loads((e / "results.json").read_text()) for e in evals]
     columns = list(results[0]["sets"])  # the report's column order: the first eval's sets
-    assert re.search(r"<tr><th>Method</th>" + "".join(rf"<th>{c}</th>" for c in columns) + "<th>Avg</th>", page)
+    assert re.search(r"<tr><th>Method</th><th>Train set</th><th>#params</th>" + "".join(rf"<th>{c}</th>" for c in columns)
+                     + "<th>Avg</th>", page)
     for r in results:  # one table row per detector, with its own numbers, each under its own set's column
         row = re.search(rf"<tr><td>{r['method']}</td>(.*?)</tr>", page).group(1)
         cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
         expected = [f"{100 * r['sets'][c]['accuracy']:.2f}" for c in columns] + [f"{100 * r['average_accuracy']:.2f}"]
-        assert cells[:len(expected)] == expected, (r["method"], cells)
-        assert f"| {r['method']} | {' | '.join(expected[:-1])} | **{expected[-1]}** |" in md
+        lead = [r.get("train_set") or "?", format_params(r.get("trainable_parameters"))]
+        assert cells[:len(expected) + 2] == lead + expected, (r["method"], cells)
+        assert f"| {r['method']} | {' | '.join(lead + expected[:-1])} | **{expected[-1]}** |" in md
         # the confusion matrix is its own plot (not the ROC again), a real PNG
         roc = re.search(rf'<img src="([^"]+)" alt="ROC {r["method"]}">', page).group(1)
         cm = re.search(rf'<img src="([^"]+)" alt="confusion {r["method"]}">', page).group(1)
