@@ -292,6 +292,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", nargs="+", default=None,
                    help="row label(s) in the table, one per checkpoint (default: checkpoint folder names)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.add_argument("--robustness", default=None, metavar="PROTOCOL",
+                   help="also score under every condition of a protocol (configs/robustness/: genimage, aigcdetect, "
+                        "cnnspot_jpeg, cnnspot_blur, social; a YAML path; or chains 'jpeg:75;blur:1') in the same "
+                        "pass -> robustness.md/.csv/.json")
+    p.add_argument("--degrade-workers", type=int, default=2,
+                   help="threads making the degraded copies while the detectors score (--robustness)")
 
 
 def _calibrate(args, entries, results_by_label) -> dict:
@@ -354,6 +360,13 @@ def run_eval(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"fakeforge eval: error: {exc}", file=sys.stderr)
             return 2
+    protocol = None
+    if args.robustness:
+        from fakeforge.protocols import load_protocol
+
+        protocol = load_protocol(args.robustness)
+        if args.degrade_workers < 1:
+            raise ConfigError(f"--degrade-workers = {args.degrade_workers} must be >= 1")
     specs = parse_set_specs(args.sets)
     out_dir = check_writable_folder(args.out, "--out")
     several = len(checkpoints) > 1
@@ -364,7 +377,14 @@ def run_eval(args: argparse.Namespace) -> int:
         for line in e.detector.banner(e.checkpoint, args.image_loading, e.method):
             print(line)
     try:
-        timing = score_sets(entries, specs, args.batch_size, args.limit, args.image_loading)
+        if protocol is not None:
+            from detector.robustness import score_robustness
+
+            robust = score_robustness(entries, specs, protocol, args.batch_size, args.limit, args.image_loading,
+                                      workers=args.degrade_workers)
+            timing = robust.timing
+        else:
+            timing = score_sets(entries, specs, args.batch_size, args.limit, args.image_loading)
     except FileNotFoundError as exc:
         print(f"fakeforge eval: error: {exc}", file=sys.stderr)
         return 2
@@ -383,6 +403,11 @@ def run_eval(args: argparse.Namespace) -> int:
         skipped = sum(len(r.errors) for r in e.results)
         if skipped and e is entries[0]:  # the same items for every detector
             print(f"{skipped} unreadable item(s) skipped; listed under 'errors' in {folders[e.label] / 'results.json'}")
+    if protocol is not None:
+        from detector.robustness import write_robustness
+
+        written += write_robustness(robust, out_dir, {lbl: v["threshold"] for lbl, v in summaries.items()})
+        print((out_dir / "robustness.md").read_text())
     if several:
         rows = comparison_rows(entries, summaries, folders)
         written += write_comparison(rows, out_dir, {**timing, "images_per_s": {
