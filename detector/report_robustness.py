@@ -111,7 +111,7 @@ def robustness_section(path: str | Path, plots: bool = True) -> tuple[str, str]:
         md += ["### What each condition looks like", ""]
         for c in conds:
             cells = "".join(f'<img src="{_uri(path.parent / t["file"])}" title="{html.escape(t["key"])}" '
-                            'style="margin:2px">' for t in thumbs.get(c, []) if (path.parent / t["file"]).is_file())
+                            'style="margin:2px;height:96px;image-rendering:pixelated">' for t in thumbs.get(c, []) if (path.parent / t["file"]).is_file())
             h.append(f"<tr><th>{html.escape(c)}<br><small>{html.escape(chains[c])}</small></th><td>{cells}</td></tr>")
             md += [f"**{c}** (`{chains[c]}`): " + " ".join(f"![{t['key']}]({t['file']})" for t in thumbs.get(c, [])), ""]
         h.append("</table>")

@@ -162,6 +162,14 @@ def test_eval_cli_writes_robustness_tables_and_keeps_the_clean_results(checkpoin
     assert "| Method | clean | resize_112 | resize_64 | jpeg_q65 | jpeg_q30 | blur_s3 | blur_s5 |" in md
     assert (tmp_path / "rob" / "robustness.csv").read_text().count("\n") == 7 * 2 * 3 + 1
     assert all((tmp_path / "rob" / t["file"]).is_file() for ts in rob["thumbnails"].values() for t in ts)
+    assert fakeforge_main(["report", str(tmp_path / "rob" / "probe"), str(tmp_path / "rob" / "knn"), "--out",
+                           str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    section = page[page.index("<h2>Robustness: genimage</h2>"):]
+    assert section.count("<h3>") == 5  # three tables, the curves, the thumbnails
+    assert section.count('alt="') == 3 and "blur_s5<br><small>blur:5.0</small>" in section  # one curve per sweep
+    assert section.count("image-rendering") == sum(map(len, rob["thumbnails"].values())) == 7 * 3
+    assert "## Robustness: genimage" in (tmp_path / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("value, named", [("nope", "unknown robustness protocol 'nope'"),
