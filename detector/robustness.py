@@ -66,14 +66,15 @@ def _degrade_and_transform(chains: dict, transforms: dict, img, key: str, seed: 
 @torch.no_grad()
 def score_robustness(entries: list[Entry], specs: list[SetSpec], protocol: Protocol, batch_size: int = 8,
                      limit: int | None = None, loading: str = "fakeforge", workers: int = 2, seed: int = 0,
-                     thumbnails: int = 3, progress: bool = True) -> RobustnessRun:
+                     thumbnails: int = 3, progress: bool = True, include_clean: bool = True) -> RobustnessRun:
     """Score every readable item of every set with every entry, clean and under each of `protocol`'s
     conditions. The clean results are also appended to each given entry's `results` (as `score_sets` does),
     so the clean eval reports come out of the same pass. Unreadable items are errors of every condition;
-    a degradation failing on an item is that item's error in that condition only."""
+    a degradation failing on an item is that item's error in that condition only. `include_clean` False: only
+    the protocol's own conditions (the given entries' results are then left alone)."""
     from tqdm import tqdm
 
-    chains = protocol.all_conditions()
+    chains = protocol.all_conditions() if include_clean else dict(protocol.conditions)
     conditions = {c: (entries if c == CLEAN else [Entry(e.label, e.detector, e.method, e.checkpoint)
                                                   for e in entries]) for c in chains}
     transforms = entry_transforms(entries)
