@@ -76,12 +76,20 @@ class DetectorStage:
 @dataclass
 class EvalStage:
     """What to evaluate every detector on: datasets (all their sets), held-in set names (marked in
-    the report), a per-set image limit, and eval options passed through (e.g. ["--scoring", "loss"])."""
+    the report), a per-set image limit, eval options passed through (e.g. ["--scoring", "loss"]), and a
+    robustness protocol (configs/robustness/) scored in the same pass."""
 
     datasets: list[str] = field(default_factory=list)
     held_in: list[str] = field(default_factory=list)
     limit: int | None = None
     extra_args: list[str] = field(default_factory=list)
+    robustness: str | None = None
+
+    def validate(self) -> None:
+        if self.robustness:
+            from fakeforge.protocols import load_protocol
+
+            load_protocol(self.robustness)
 
 
 @dataclass
@@ -309,8 +317,10 @@ class Pipeline:
         for d in self.cfg.detectors:
             _ckpt, ckpt_hash = self.checkpoints[d.name]
             folder = self.out / "eval" / d.name
+            robustness = self.cfg.evaluate.robustness
             digests[d.name] = config_hash({"detector": ckpt_hash, "data": inputs, "limit": self.cfg.evaluate.limit,
-                                           "args": self.cfg.evaluate.extra_args})
+                                           "args": self.cfg.evaluate.extra_args,
+                                           **({"robustness": robustness} if robustness else {})})
             record = StageRecord(self.out, f"eval/{d.name}").read()
             if record and record.get("hash") == digests[d.name] and record.get("done") \
                     and (folder / "results.json").is_file():
@@ -319,7 +329,14 @@ class Pipeline:
             if folder.exists():
                 shutil.rmtree(folder)  # results of other inputs are redone, never mixed
             todo.append(d)
+        if todo and self.cfg.evaluate.robustness:  # one robustness table over every detector: all scored again
+            todo = list(self.cfg.detectors)
+            for d in todo:
+                if (self.out / "eval" / d.name).exists():
+                    shutil.rmtree(self.out / "eval" / d.name)
         if todo:
+            for stale in (*(self.out / "eval").glob("robustness.*"), self.out / "eval" / "robustness"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
             names = [d.name for d in todo]
             # one detector: its files go straight into its folder; several: one sub-folder each, moved below
             target = self.out / "eval" / names[0] if len(todo) == 1 else self.out / "eval" / ".side_by_side"
@@ -329,16 +346,20 @@ class Pipeline:
                     "--sets", *sets, "--out", str(target), "--no-plots", *self.cfg.evaluate.extra_args]
             args += ["--limit", str(self.cfg.evaluate.limit)] if self.cfg.evaluate.limit else []
             args += ["--tiny"] if self.tiny else []
+            args += ["--robustness", self.cfg.evaluate.robustness] if self.cfg.evaluate.robustness else []
             self._run(f"evaluate {', '.join(names)} on {', '.join(self.cfg.evaluate.datasets)}", args,
                       in_process=True)
             if len(todo) > 1:
                 for n in names:
                     (target / n).rename(self.out / "eval" / n)
-                comparison = sorted(target.glob("comparison.*"))
+                comparison = sorted([*target.glob("comparison.*"), *target.glob("robustness*")])
                 for f in comparison:
                     f.replace(self.out / "eval" / f.name)
                 shutil.rmtree(target)
                 print(f"    moved to {self.out / 'eval'}: {', '.join(names)}, comparison.*", flush=True)
+            else:
+                for f in sorted(target.glob("robustness*")):
+                    f.replace(self.out / "eval" / f.name)
             for n in names:
                 StageRecord(self.out, f"eval/{n}").write(digests[n], {"checkpoint": self.checkpoints[n][0], **inputs},
                                                         True)
