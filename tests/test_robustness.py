@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from detector_helpers import write_dataset, write_odd_images
@@ -142,6 +143,10 @@ def test_failing_degradation_is_a_counted_per_sample_error(checkpoints, data, tm
     assert big["errors"] == 20 + odd_ok + len(bad) and big["sets"]["coco"]["n"] == 0  # 44x36 images < 40x40
     assert "larger than the image" in run.conditions["crop_big"][0].results[0].errors[0][1]
     assert s["conditions"]["jpeg_q40"]["detectors"]["probe"]["errors"] == len(bad)
+    clean = s["conditions"]["clean"]["detectors"]["probe"]  # balanced: mean of the real and fake recalls
+    y = np.concatenate([r.label_array for r in run.conditions["clean"][0].results])
+    pred = np.concatenate([r.score_array for r in run.conditions["clean"][0].results]) >= 0.5
+    assert clean["balanced_accuracy"] == pytest.approx(0.5 * (pred[y == 1].mean() + (~pred[y == 0]).mean()))
 
 
 def test_eval_cli_writes_robustness_tables_and_keeps_the_clean_results(checkpoints, data, tmp_path, capsys):
