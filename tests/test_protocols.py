@@ -69,3 +69,50 @@ def test_pipeline_refuses_an_unknown_protocol_before_any_work(tmp_path, capsys):
     assert main(["run", "--config", str(pipe), "--out", str(tmp_path / "o")]) == 2
     assert "unknown robustness protocol 'genimag'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # three pipeline runs (build subprocesses): ~30 s alone, more on a busy machine
+def test_pipeline_scores_the_protocol_beside_every_detector_and_reports_it(tmp_path, tiny_dir, capsys):
+    """`evaluate: {robustness: ...}` in a pipeline: one robustness table over every detector in OUT/eval, shown
+    in the report; a rerun reuses it, and dropping the protocol removes the stale table."""
+    import torch
+
+    from detector.feature_cache import FeatureSet
+    from detector.frozen_features import LinearProbe, LinearProbeConfig
+    from detector.io import save_detector
+
+    ckpts = []
+    for i in range(2):
+        det = LinearProbe.from_config(LinearProbeConfig(backbone="tiny:open_clip_vit", dtype="float32"), "cpu")
+        feats = torch.randn(32, det.backbone.feature_dim, generator=torch.Generator().manual_seed(i))
+        det.fit_features(FeatureSet(feats, (feats[:, 0] > 0).long(), torch.full((32,), -1), [str(j) for j in range(32)]))
+        ckpts.append(str(save_detector(det, tmp_path / f"probe{i}")))
+    from detector_helpers import write_folder
+
+    write_folder(tmp_path / "fakes", "fake", 6)
+    build = tmp_path / "build.yaml"
+    build.write_text(yaml.safe_dump({
+        "output": "unused", "seed": 0, "source": {"kind": "demo", "limit": 6},
+        "image": {"format": "jpeg", "quality": 95, "size": 48, "resize": "center_crop"},
+        "shards": {"max_count": 6, "max_size_mb": 16},
+        "sets": [{"name": "coco_demo", "generator": "real"}, {"name": "fakes", "generator": {"type": "download"},
+                                                              "source": {"kind": "folder", "label": "fake",
+                                                                         "images_dir": str(tmp_path / "fakes")}}]}))
+    pipe = tmp_path / "p.yaml"
+    config = {"datasets": [{"name": "d", "build": str(build)}], "audit": False,
+              "detectors": [{"name": "a", "checkpoint": ckpts[0]}, {"name": "b", "checkpoint": ckpts[1]}],
+              "evaluate": {"datasets": ["d"], "robustness": "jpeg:50;blur:2"}}
+    pipe.write_text(yaml.safe_dump(config))
+    out = tmp_path / "o"
+    assert main(["run", "--config", str(pipe), "--out", str(out)]) == 0
+    rob = yaml.safe_load((out / "eval" / "robustness.json").read_text())
+    assert rob["detectors"] == ["a", "b"] and list(rob["conditions"]) == ["clean", "jpeg:50", "blur:2.0"]
+    assert "<h2>Robustness: custom</h2>" in (out / "report" / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["run", "--config", str(pipe), "--out", str(out)]) == 0
+    assert "reused" in capsys.readouterr().out and (out / "eval" / "robustness.json").is_file()
+    del config["evaluate"]["robustness"]
+    pipe.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(pipe), "--out", str(out)]) == 0
+    assert not (out / "eval" / "robustness.json").exists() and not (out / "eval" / "robustness").exists()
+    assert "Robustness" not in (out / "report" / "report.html").read_text()
