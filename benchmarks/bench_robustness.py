@@ -160,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robustness benchmark: protocol {protocol.name} ({len(conditions)} conditions incl. clean), "
               f"{images} images of {args.size}px, 3 detectors (probe + kNN on one backbone, DeepFake-Adapter), "
               f"batch {args.batch_size}, {args.workers} degradation threads, torch threads {args.torch_threads}")
-        print(f"  one pass, {len(conditions)} conditions: {one_pass:.2f} s (waited {run.timing['wait_for_workers_s']:.2f}"
+        print(f"  one pass, {len(conditions)} conditions: {one_pass:.2f} s "
+              f"(waited {run.timing['wait_for_workers_s']:.2f}"
               f" s for the degradation threads, {run.timing['scoring_s']:.2f} s scoring)")
-        print(f"  {len(conditions)} separate evals on degraded copies: {k_evals:.2f} s -> {k_evals / one_pass:.2f}x the "
+        print(f"  {len(conditions)} separate evals on degraded copies: {k_evals:.2f} s -> "
+              f"{k_evals / one_pass:.2f}x the "
               f"one pass; with making the copies ({copying:.2f} s): {(k_evals + copying) / one_pass:.2f}x; "
               f"max |score difference| {diff:.2e}")
         for c, (o, cl, w) in per_condition.items():

@@ -199,7 +199,8 @@ class ShardStream(IterableDataset):
     shards in shuffled order (repeating them), and shuffles samples through a buffer. split="val": one
     ordered pass. With `val_fraction` > 0 samples whose key hashes into the fraction go to "val" only.
     `augment` (a fakeforge.augment.RandomAugment) degrades each decoded image before `transform`, drawn from
-    the stream's seed, the sample key and its visit number. Unusable samples (bad json label, unreadable image) are logged and skipped.
+    the stream's seed, the sample key and its visit number. Unusable samples (bad json label, unreadable image,
+    an augmentation that cannot apply) are logged and skipped.
     """
 
     def __init__(self, sets: dict[str, list[Path]], transform: Callable, split: str = "train",

@@ -88,7 +88,8 @@ def robustness_section(path: str | Path, plots: bool = True) -> tuple[str, str]:
                    "</small></th>" for c in conds)
     for metric, title in METRICS:
         rows = "".join("<tr><th>" + html.escape(d) + "</th>" + "".join(
-            f"<td>{_pct(summary['conditions'][c]['detectors'][d][metric])}</td>" for c in conds) + "</tr>" for d in dets)
+            f"<td>{_pct(summary['conditions'][c]['detectors'][d][metric])}</td>" for c in conds) + "</tr>"
+            for d in dets)
         h.append(f"<h3>{title} (%)</h3><table><tr><th>Method</th>{head}</tr>{rows}</table>")
         md += [f"### {title} (%)", "", "| Method | " + " | ".join(conds) + " |", "|---|" + "---|" * len(conds)]
         md += [f"| {d} | " + " | ".join(_pct(summary["conditions"][c]["detectors"][d][metric]) for c in conds) + " |"
@@ -111,8 +112,10 @@ def robustness_section(path: str | Path, plots: bool = True) -> tuple[str, str]:
         md += ["### What each condition looks like", ""]
         for c in conds:
             cells = "".join(f'<img src="{_uri(path.parent / t["file"])}" title="{html.escape(t["key"])}" '
-                            'style="margin:2px;height:96px;image-rendering:pixelated">' for t in thumbs.get(c, []) if (path.parent / t["file"]).is_file())
+                            'style="margin:2px;height:96px;image-rendering:pixelated">'
+                            for t in thumbs.get(c, []) if (path.parent / t["file"]).is_file())
             h.append(f"<tr><th>{html.escape(c)}<br><small>{html.escape(chains[c])}</small></th><td>{cells}</td></tr>")
-            md += [f"**{c}** (`{chains[c]}`): " + " ".join(f"![{t['key']}]({t['file']})" for t in thumbs.get(c, [])), ""]
+            pics = " ".join(f"![{t['key']}]({t['file']})" for t in thumbs.get(c, []))
+            md += [f"**{c}** (`{chains[c]}`): {pics}", ""]
         h.append("</table>")
     return "".join(h), "\n".join(md)

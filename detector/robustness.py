@@ -181,7 +181,8 @@ def robustness_summary(run: RobustnessRun, thresholds: dict[str, float] | None =
         conditions[cond] = {"chain": chain.spec(), "detectors": dets}
     return {"protocol": run.protocol.to_dict(), "sets": sets, "detectors": [e.label for e in
                                                                             next(iter(run.conditions.values()))],
-            "conditions": conditions, "sweeps": {k: [[c, v] for c, v in pts] for k, pts in run.protocol.sweeps().items()},
+            "conditions": conditions,
+            "sweeps": {k: [[c, v] for c, v in pts] for k, pts in run.protocol.sweeps().items()},
             "timing": run.timing}
 
 

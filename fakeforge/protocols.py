@@ -88,7 +88,8 @@ def protocol_from_dict(name: str, data: dict) -> Protocol:
     assumptions = data.get("assumptions") or []
     if isinstance(assumptions, str):
         assumptions = [assumptions]
-    return Protocol(name, conditions, str(data.get("description") or ""), " ".join(str(data.get("source") or "").split()),
+    source = " ".join(str(data.get("source") or "").split())
+    return Protocol(name, conditions, str(data.get("description") or ""), source,
                     [" ".join(str(a).split()) for a in assumptions])
 
 

@@ -44,7 +44,8 @@ def test_inline_and_file_protocols(tmp_path):
     p = load_protocol("jpeg:75;blur:1+resize:0.5")
     assert list(p.conditions) == ["jpeg:75", "blur:1.0+resize:0.5"]
     f = tmp_path / "mine.yaml"
-    f.write_text(yaml.safe_dump({"description": "d", "source": "s", "conditions": {"q50": {"op": "jpeg", "quality": 50}}}))
+    f.write_text(yaml.safe_dump({"description": "d", "source": "s",
+                                 "conditions": {"q50": {"op": "jpeg", "quality": 50}}}))
     assert load_protocol(str(f)).conditions["q50"].spec() == "jpeg:50"
 
 
@@ -85,7 +86,8 @@ def test_pipeline_scores_the_protocol_beside_every_detector_and_reports_it(tmp_p
     for i in range(2):
         det = LinearProbe.from_config(LinearProbeConfig(backbone="tiny:open_clip_vit", dtype="float32"), "cpu")
         feats = torch.randn(32, det.backbone.feature_dim, generator=torch.Generator().manual_seed(i))
-        det.fit_features(FeatureSet(feats, (feats[:, 0] > 0).long(), torch.full((32,), -1), [str(j) for j in range(32)]))
+        det.fit_features(FeatureSet(feats, (feats[:, 0] > 0).long(), torch.full((32,), -1),
+                                    [str(j) for j in range(32)]))
         ckpts.append(str(save_detector(det, tmp_path / f"probe{i}")))
     from detector_helpers import write_folder
 

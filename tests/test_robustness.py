@@ -97,7 +97,8 @@ def test_one_pass_equals_separate_evals_on_degraded_copies(checkpoints, data, tm
     entries = _entries(checkpoints, names)
     decoded = []
     real = detector.data.load_image
-    monkeypatch.setattr(detector.data, "load_image", lambda s, loading="fakeforge": decoded.append(1) or real(s, loading))
+    monkeypatch.setattr(detector.data, "load_image",
+                        lambda s, loading="fakeforge": decoded.append(1) or real(s, loading))
     run = score_robustness(entries, parse_set_specs([str(data)]), protocol, batch_size=4, workers=2, progress=False)
     monkeypatch.undo()
     assert len(decoded) == 20  # once per image, for 5 conditions
@@ -150,7 +151,8 @@ def test_failing_degradation_is_a_counted_per_sample_error(checkpoints, data, tm
 
 
 def test_eval_cli_writes_robustness_tables_and_keeps_the_clean_results(checkpoints, data, tmp_path, capsys):
-    args = ["eval", "--checkpoint", str(checkpoints["probe"]), str(checkpoints["knn"]), "--sets", str(data), "--no-plots",
+    args = ["eval", "--checkpoint", str(checkpoints["probe"]), str(checkpoints["knn"]), "--sets", str(data),
+            "--no-plots",
             "--batch-size", "4"]
     assert fakeforge_main([*args, "--out", str(tmp_path / "plain")]) == 0
     assert fakeforge_main([*args, "--out", str(tmp_path / "rob"), "--robustness", "genimage"]) == 0

@@ -67,7 +67,8 @@ def test_blur_jpeg_augmentation_keeps_more_accuracy_under_genimage(tiny_dir, tmp
         Trainer(cfg).fit()
     recorded = yaml.safe_load((tmp_path / "augmented" / "config.yaml").read_text())["data"]["augment"]
     assert recorded == [{"op": "blur", "p": 0.5, "sigma": [0.0, 3.0]}, {"op": "jpeg", "p": 0.5, "quality": [30, 100]}]
-    assert fakeforge_main(["eval", "--checkpoint", str(tmp_path / "plain" / "last"), str(tmp_path / "augmented" / "last"),
+    assert fakeforge_main(["eval", "--checkpoint", str(tmp_path / "plain" / "last"),
+                           str(tmp_path / "augmented" / "last"),
                            "--name", "plain", "augmented", "--sets", str(test), "--out", str(tmp_path / "eval"),
                            "--no-plots", "--robustness", "genimage"]) == 0
     rob = json.loads((tmp_path / "eval" / "robustness.json").read_text())["conditions"]
