@@ -37,7 +37,7 @@ def test_sweeps_are_the_single_op_conditions_of_one_kind():
     assert load_protocol("cnnspot_jpeg").sweeps() == {"jpeg quality": [(f"jpeg_q{q}", float(q))
                                                                        for q in range(30, 101, 10)]}
     assert set(load_protocol("genimage").sweeps()) == {"resize size", "jpeg quality", "blur sigma"}
-    assert load_protocol("social").sweeps() == {}
+    assert load_protocol("social").sweeps() == {} and load_protocol("aigcdetect").sweeps() == {}
 
 
 def test_inline_and_file_protocols(tmp_path):

@@ -169,6 +169,7 @@ def test_eval_cli_writes_robustness_tables_and_keeps_the_clean_results(checkpoin
     assert "| Method | clean | resize_112 | resize_64 | jpeg_q65 | jpeg_q30 | blur_s3 | blur_s5 |" in md
     assert (tmp_path / "rob" / "robustness.csv").read_text().count("\n") == 7 * 2 * 3 + 1
     assert all((tmp_path / "rob" / t["file"]).is_file() for ts in rob["thumbnails"].values() for t in ts)
+    assert {t["key"].split("_")[0] for t in rob["thumbnails"]["blur_s5"]} == {"coco", "sd2"}  # from every set
     assert fakeforge_main(["report", str(tmp_path / "rob" / "probe"), str(tmp_path / "rob" / "knn"), "--out",
                            str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.html").read_text()
