@@ -235,6 +235,9 @@ class Detector(nn.Module):
         if cls.fit_mode == FIT_FEATURES and d.mix:
             raise ConfigError(f"data.mix = {d.mix}: {cls.name!r} fits on every cached training sample; "
                               "sampling weights apply to gradient training only")
+        if cls.fit_mode == FIT_FEATURES and d.augment:
+            raise ConfigError(f"data.augment: {cls.name!r} fits on cached features of the clean images; "
+                              "augmentation applies to gradient training only")
 
     def validation_step(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                                        torch.Tensor]:

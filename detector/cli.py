@@ -278,6 +278,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", nargs="+", default=None,
                    help="row label(s) in the table, one per checkpoint (default: checkpoint folder names)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.add_argument("--robustness", default=None, metavar="PROTOCOL",
+                   help="also score under every condition of a protocol (configs/robustness/: genimage, aigcdetect, "
+                        "cnnspot_jpeg, cnnspot_blur, social; a YAML path; or chains 'jpeg:75;blur:1') in the same "
+                        "pass -> robustness.md/.csv/.json")
+    p.add_argument("--degrade-workers", type=int, default=2,
+                   help="threads making the degraded copies while the detectors score (--robustness)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -287,7 +293,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from detector.eval.run import evaluate
 
     opts = _options(args, names=args.name, limit=args.limit, threshold=args.threshold,
-                    calibrate_on=list(args.calibrate_on or []), plots=not args.no_plots)
+                    calibrate_on=list(args.calibrate_on or []), plots=not args.no_plots,
+                    robustness=args.robustness, degrade_workers=args.degrade_workers)
     try:
         result = evaluate(args.checkpoint, args.sets, opts, banner=print)
     except FileNotFoundError as exc:
@@ -297,6 +304,8 @@ def run_eval(args: argparse.Namespace) -> int:
     skipped = sum(v["errors"] for v in next(iter(result.summaries.values()))["sets"].values())
     if skipped:
         print(f"{skipped} unreadable item(s) skipped; listed under 'errors' in {first / 'results.json'}")
+    if result.robustness_markdown:
+        print(result.robustness_markdown)
     print(result.table_markdown)
     print("wrote " + ", ".join(str(p) for p in result.written))
     return 0

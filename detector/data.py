@@ -187,14 +187,16 @@ class ShardStream(IterableDataset):
     split="train": an endless stream; each step picks a set with probability `weights[set]`, reads its
     shards in shuffled order (repeating them), and shuffles samples through a buffer. split="val": one
     ordered pass. With `val_fraction` > 0 samples whose key hashes into the fraction go to "val" only.
-    Unusable samples (bad json label, unreadable image) are logged and skipped.
+    `augment` (a fakeforge.augment.RandomAugment) degrades each decoded image before `transform`, drawn from
+    the stream's seed, the sample key and its visit number. Unusable samples (bad json label, unreadable image,
+    an augmentation that cannot apply) are logged and skipped.
     """
 
     def __init__(self, sets: dict[str, list[Path]], transform: Callable, split: str = "train",
                  weights: dict[str, float] | None = None, val_fraction: float = 0.0, seed: int = 0,
-                 shuffle_buffer: int = 1000):
+                 shuffle_buffer: int = 1000, augment: Callable | None = None):
         super().__init__()
-        self.sets, self.transform, self.split = sets, transform, split
+        self.sets, self.transform, self.split, self.augment = sets, transform, split, augment
         self.weights = weights or {name: 1.0 for name in sets}
         self.val_fraction, self.seed, self.shuffle_buffer = val_fraction, seed, shuffle_buffer
         self.skipped = 0
@@ -206,6 +208,7 @@ class ShardStream(IterableDataset):
 
     def _samples(self, tars: list[Path], rng: random.Random) -> Iterator[tuple]:
         endless = self.split == "train"
+        visits: Counter = Counter()
         while True:
             seen = 0
             for sample in iter_shard_samples(tars, shuffle=endless, seed=rng.randrange(1 << 30)):
@@ -214,6 +217,9 @@ class ShardStream(IterableDataset):
                     continue
                 try:
                     key, img, label = decode_sample(sample)
+                    if self.augment:
+                        visits[key] += 1
+                        img = self.augment(img, key, self.seed, visits[key] - 1)
                 except (ValueError, KeyError, ImageLoadError) as exc:
                     self.skipped += 1
                     log.warning("skipping sample %s: %s", sample.get("__key__"), exc)

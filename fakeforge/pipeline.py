@@ -77,12 +77,20 @@ class DetectorStage:
 @dataclass
 class EvalStage:
     """What to evaluate every detector on: datasets (all their sets), held-in set names (marked in
-    the report), a per-set image limit, and eval options passed through (e.g. ["--scoring", "loss"])."""
+    the report), a per-set image limit, eval options passed through (e.g. ["--scoring", "loss"]), and a
+    robustness protocol (configs/robustness/) scored in the same pass."""
 
     datasets: list[str] = field(default_factory=list)
     held_in: list[str] = field(default_factory=list)
     limit: int | None = None
     extra_args: list[str] = field(default_factory=list)
+    robustness: str | None = None
+
+    def validate(self) -> None:
+        if self.robustness:
+            from fakeforge.protocols import load_protocol
+
+            load_protocol(self.robustness)
 
 
 @dataclass
@@ -332,8 +340,10 @@ class Pipeline:
         for d in self.cfg.detectors:
             _ckpt, ckpt_hash = self.checkpoints[d.name]
             folder = self.out / "eval" / d.name
+            robustness = self.cfg.evaluate.robustness
             digests[d.name] = config_hash({"detector": ckpt_hash, "data": inputs, "limit": self.cfg.evaluate.limit,
-                                           "args": self.cfg.evaluate.extra_args})
+                                           "args": self.cfg.evaluate.extra_args,
+                                           **({"robustness": robustness} if robustness else {})})
             record = StageRecord(self.out, f"eval/{d.name}").read()
             if record and record.get("hash") == digests[d.name] and record.get("done") \
                     and (folder / "results.json").is_file():
@@ -342,14 +352,23 @@ class Pipeline:
             if folder.exists():
                 shutil.rmtree(folder)  # results of other inputs are redone, never mixed
             todo.append(d)
+        if todo and self.cfg.evaluate.robustness:  # one robustness table over every detector: all scored again
+            todo = list(self.cfg.detectors)
+            for d in todo:
+                if (self.out / "eval" / d.name).exists():
+                    shutil.rmtree(self.out / "eval" / d.name)
         if todo:
             from detector.eval.run import EvalOptions, evaluate
+
+            for stale in (*(self.out / "eval").glob("robustness.*"), self.out / "eval" / "robustness"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
 
             names = [d.name for d in todo]
             # one detector: its files go straight into its folder; several: one sub-folder each + comparison.*
             options = EvalOptions(out=self.out / "eval" / names[0] if len(todo) == 1 else self.out / "eval",
                                   names=names, limit=self.cfg.evaluate.limit, plots=False, tiny=self.tiny,
-                                  progress=self.progress, **eval_options(self.cfg.evaluate.extra_args))
+                                  progress=self.progress,
+                                  robustness=self.cfg.evaluate.robustness, **eval_options(self.cfg.evaluate.extra_args))
             self._call(f"evaluate {', '.join(names)} on {', '.join(self.cfg.evaluate.datasets)}", evaluate,
                        [self.checkpoints[n][0] for n in names], sets, options)
             for n in names:

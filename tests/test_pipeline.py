@@ -164,3 +164,4 @@ def test_demo_trained_beats_untrained_on_held_out_data(tmp_path, tiny_dir, capsy
     assert results["untrained"]["checkpoint"] == str(out / "train" / "antifakeprompt" / "init")
     assert "training adds +" in printed and "say nothing about real detectors" in printed
     assert (out / "report" / "report.html").is_file() and (out / "data" / "test" / "README.md").is_file()
+    assert "<h2>Robustness: genimage</h2>" in (out / "report" / "report.html").read_text()  # evaluate.robustness

@@ -268,8 +268,9 @@ def _grid(picks: list, thumbs: dict[str, str], threshold: float) -> tuple[str, s
 def write_report(methods: list[MethodResult], out_dir: str | Path, *, title: str = "fakeforge evaluation",
                  thumbnails: dict[str, dict[str, str]] | None = None, audit: dict | None = None,
                  provenance: dict | None = None, note: str | None = None,
-                 held_in: list[str] | None = None) -> list[Path]:
-    """Write `report.html` and `report.md` into `out_dir`; returns their paths.
+                 held_in: list[str] | None = None, robustness: str | Path | None = None) -> list[Path]:
+    """Write `report.html` and `report.md` into `out_dir`; returns their paths (`robustness`: the
+    robustness.json of the eval, rendered as its own section).
 
     `methods` share one set list (the first method's order). `thumbnails` comes from `read_thumbnails`,
     `audit` from `fakeforge.audit.audit_sets`, `provenance` maps a heading to text or JSON-able data
@@ -323,6 +324,12 @@ def write_report(methods: list[MethodResult], out_dir: str | Path, *, title: str
             g_html, g_md = _grid(picks[which], thumbnails.get(name, {}), thr)
             h.append(f"<h3>{html.escape(name)}: {label}</h3>{g_html}")
             md += [f"### {name}: {label}", "", g_md, ""]
+    if robustness:
+        from detector.eval.report_robustness import robustness_section
+
+        r_html, r_md = robustness_section(robustness)
+        h.append(r_html)
+        md += [r_md, ""]
     if audit:
         from fakeforge.audit import markdown as audit_markdown
 
@@ -415,8 +422,10 @@ def make_report(evals: list[str | Path], out: str | Path, *, sets: list[str] | N
         note = (f"Held-in sets (the generators and sources training used): {', '.join(held_in)}; every other set is "
                 "held out.")
     prov = {**(provenance or {}), **{f"Evaluation: {m.method}": m.info for m in methods}}
+    from detector.eval.report_robustness import find_robustness
+
     return write_report(methods, out, title=title, thumbnails=thumbs, audit=audit_report, provenance=prov, note=note,
-                        held_in=held_in)
+                        held_in=held_in, robustness=find_robustness(evals))
 
 
 def run(args) -> int:

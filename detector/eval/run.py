@@ -48,8 +48,14 @@ class EvalOptions:
     model_id: str | None = None
     progress: bool = True
     image_hook: Callable[[str, Any], Any] | None = None
+    robustness: str | None = None  # a protocol (configs/robustness/ name, YAML path or inline chains)
+    degrade_workers: int = 2  # threads making the degraded copies while the detectors score
 
     def validate(self, n_checkpoints: int) -> None:
+        if self.degrade_workers < 1:
+            raise ConfigError(f"--degrade-workers = {self.degrade_workers} must be >= 1")
+        if self.robustness and self.image_hook is not None:
+            raise ConfigError("a robustness protocol and an image hook cannot be combined")
         if self.threshold is not None and self.calibrate_on:
             raise ConfigError("give --threshold or --calibrate-on, not both")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -72,6 +78,7 @@ class EvalResults:
     timing: dict
     written: list[Path]
     table_markdown: str
+    robustness_markdown: str = ""
 
 
 def check_writable_folder(path: str | Path, what: str) -> Path:
@@ -144,6 +151,11 @@ def evaluate(checkpoints: list[str | Path], sets: list[str], options: EvalOption
             check_plotting()
         except ImportError as exc:
             raise ConfigError(str(exc)) from None
+    protocol = None
+    if options.robustness:
+        from fakeforge.protocols import load_protocol
+
+        protocol = load_protocol(options.robustness)  # a bad protocol is one line before any model loads
     specs = parse_set_specs(sets)
     out_dir = check_writable_folder(options.out, "--out")
     several = len(checkpoints) > 1
@@ -153,8 +165,15 @@ def evaluate(checkpoints: list[str | Path], sets: list[str], options: EvalOption
     for e in entries:
         for line in e.detector.banner(e.checkpoint, options.image_loading, e.method):
             (banner or log.info)(line)
-    timing = score_sets(entries, specs, options.batch_size, options.limit, options.image_loading,
-                        progress=options.progress, image_hook=options.image_hook)
+    if protocol is not None:
+        from detector.eval.robustness import score_robustness
+
+        robust = score_robustness(entries, specs, protocol, options.batch_size, options.limit, options.image_loading,
+                                  workers=options.degrade_workers, progress=options.progress)
+        timing = robust.timing
+    else:
+        timing = score_sets(entries, specs, options.batch_size, options.limit, options.image_loading,
+                            progress=options.progress, image_hook=options.image_hook)
     by_label = {e.label: {r.name: r for r in e.results} for e in entries}
     calib = _calibrate(options, entries, by_label) if options.calibrate_on else {}
     folders = dict(zip(labels, [out_dir / f for f in folder_names(labels)] if several else [out_dir]))
@@ -168,6 +187,12 @@ def evaluate(checkpoints: list[str | Path], sets: list[str], options: EvalOption
         written += write_reports(e.results, summary, folders[e.label], method=e.label, plots=options.plots,
                                  extra={"checkpoint": e.checkpoint, "calibration": calib.get(e.label), **info,
                                         "image_loading": options.image_loading})
+    robustness_md = ""
+    if protocol is not None:
+        from detector.eval.robustness import write_robustness
+
+        written += write_robustness(robust, out_dir, {lbl: v["threshold"] for lbl, v in summaries.items()})
+        robustness_md = (out_dir / "robustness.md").read_text()
     rows = comparison_rows(entries, summaries, folders) if several else []
     if several:
         written += write_comparison(rows, out_dir, {**timing, "images_per_s": {
@@ -177,4 +202,4 @@ def evaluate(checkpoints: list[str | Path], sets: list[str], options: EvalOption
     if skipped:
         log.warning("%d unreadable item(s) skipped; listed under 'errors' in %s", skipped,
                     folders[entries[0].label] / "results.json")
-    return EvalResults(out_dir, folders, summaries, rows, timing, written, table)
+    return EvalResults(out_dir, folders, summaries, rows, timing, written, table, robustness_md)

@@ -46,6 +46,44 @@ def _pre_key(det) -> str:
     return json.dumps(det.preprocess.key(), sort_keys=True, default=str)
 
 
+def entry_transforms(entries: list[Entry]) -> dict[str, Any]:
+    """One eval transform per distinct preprocessing of `entries`, by `Preprocess.key()`."""
+    transforms: dict[str, Any] = {}
+    for e in entries:
+        transforms.setdefault(_pre_key(e.detector), e.detector.preprocess.transform(train=False))
+    return transforms
+
+
+def stage_groups(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """Entries grouped by shared stage key (`alone:i` for a detector that shares nothing)."""
+    groups: dict[str, list[Entry]] = {}
+    for i, e in enumerate(entries):
+        key = e.detector.shared_stage_key() if hasattr(e.detector, "shared_stage_key") else None
+        groups.setdefault(key or f"alone:{i}", []).append(e)
+    return groups
+
+
+@torch.no_grad()
+def score_batch(groups: dict[str, list[Entry]], batches: dict[str, torch.Tensor], meta: list[tuple[str, int]]) -> None:
+    """Score one batch (`batches`: pixels per preprocessing key, `meta`: (key, label) per row) with every entry
+    of `groups`, each shared stage once; appends to each entry's last SetScores."""
+    for key, members in groups.items():
+        pixels = batches[_pre_key(members[0].detector)]
+        start = time.perf_counter()
+        stage = None if key.startswith("alone:") else members[0].detector.shared_stage(pixels)
+        share = (time.perf_counter() - start) / len(members)
+        for e in members:
+            t0 = time.perf_counter()
+            probs = (e.detector.score(pixels, e.method) if stage is None
+                     else e.detector.score_from_shared(stage, e.method))
+            e.seconds += share + time.perf_counter() - t0
+            res = e.results[-1]
+            for (k, label), p in zip(meta, probs.tolist()):
+                res.keys.append(k)
+                res.labels.append(label)
+                res.scores.append(float(p))
+
+
 @torch.no_grad()
 def score_sets(entries: list[Entry], specs: list[SetSpec], batch_size: int = 8, limit: int | None = None,
                loading: str = "fakeforge", progress: bool = True,
@@ -57,13 +95,8 @@ def score_sets(entries: list[Entry], specs: list[SetSpec], batch_size: int = 8, 
     (e.g. a degradation); an exception it raises is that sample's recorded error."""
     from tqdm import tqdm
 
-    transforms = {}
-    for e in entries:
-        transforms.setdefault(_pre_key(e.detector), e.detector.preprocess.transform(train=False))
-    groups: dict[str, list[Entry]] = {}
-    for i, e in enumerate(entries):
-        key = e.detector.shared_stage_key() if hasattr(e.detector, "shared_stage_key") else None
-        groups.setdefault(key or f"alone:{i}", []).append(e)
+    transforms = entry_transforms(entries)
+    groups = stage_groups(entries)
     timing = {"decode_transform_s": 0.0, "shared_stages": sum(1 for k, g in groups.items()
                                                                 if not k.startswith("alone:") and len(g) > 1)}
     for spec in specs:
@@ -75,22 +108,7 @@ def score_sets(entries: list[Entry], specs: list[SetSpec], batch_size: int = 8, 
         def flush():
             if not meta:
                 return
-            batches = {k: torch.stack(v) for k, v in pending.items()}
-            for key, members in groups.items():
-                pixels = batches[_pre_key(members[0].detector)]
-                start = time.perf_counter()
-                stage = None if key.startswith("alone:") else members[0].detector.shared_stage(pixels)
-                share = (time.perf_counter() - start) / len(members)
-                for e in members:
-                    t0 = time.perf_counter()
-                    probs = (e.detector.score(pixels, e.method) if stage is None
-                             else e.detector.score_from_shared(stage, e.method))
-                    e.seconds += share + time.perf_counter() - t0
-                    res = e.results[-1]
-                    for (k, label), p in zip(meta, probs.tolist()):
-                        res.keys.append(k)
-                        res.labels.append(label)
-                        res.scores.append(float(p))
+            score_batch(groups, {k: torch.stack(v) for k, v in pending.items()}, meta)
             for v in pending.values():
                 v.clear()
             meta.clear()

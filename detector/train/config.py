@@ -50,8 +50,13 @@ class DataConfig:
     shuffle_buffer: int = 1000
     feature_cache: str | None = None  # feature detectors: cache root (null: $FAKEFORGE_FEATURE_CACHE or ~/.cache)
     feature_batch_size: int = 64
+    # random degradations of the decoded training images (gradient training), see fakeforge.augment
+    augment: list[dict] = field(default_factory=list)
 
     def validate(self) -> None:
+        from fakeforge.augment import parse_augment
+
+        parse_augment(self.augment)
         if (self.mean is None) != (self.std is None):
             raise ConfigError("data.mean and data.std must be given together")
         for key, value in (("data.mean", self.mean), ("data.std", self.std)):

@@ -41,6 +41,7 @@ from detector.train.config import (
     set_hyperparameters,
 )
 from detector.checkpoint import META_FILE
+from fakeforge.augment import parse_augment
 from fakeforge.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from fakeforge.files import atomic_path
 from fakeforge.locking import FolderLockedError, OutputLock
@@ -251,7 +252,8 @@ class Trainer:
         sets = self.train_sets if split == "train" else self.val_sets
         ds = ShardStream(sets, self._transform(split == "train"), split=split, weights=self.weights,
                          val_fraction=self.val_fraction, seed=c.train.seed + 7919 * epoch,
-                         shuffle_buffer=c.data.shuffle_buffer)
+                         shuffle_buffer=c.data.shuffle_buffer,
+                         augment=parse_augment(c.data.augment) if split == "train" else None)
         bs = c.train.batch_size if split == "train" else c.train.eval_batch_size
         return torch.utils.data.DataLoader(ds, batch_size=bs, num_workers=self.num_workers,
                                            persistent_workers=False)

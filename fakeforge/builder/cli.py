@@ -137,7 +137,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def add_ls_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", nargs="?", default="all",
-                        choices=["all", "generators", "presets", "builds", "attacks", "detectors", "tiny"])
+                        choices=["all", "generators", "presets", "builds", "attacks", "detectors", "robustness",
+                                 "tiny"])
 
 
 def run_ls(args: argparse.Namespace) -> int:
@@ -177,6 +178,11 @@ def run_ls(args: argparse.Namespace) -> int:
         section("detector configs (configs/detector/; fakeforge train --config NAME):",
                 [(c.stem, f"[{d.get('detector')}] {d.get('description', '')}") for c in configs
                  for d in [load_yaml(c)]])
+    if w in ("all", "robustness"):
+        from fakeforge.protocols import protocol_dir, protocol_names
+
+        section("robustness protocols (configs/robustness/; fakeforge eval --robustness NAME):",
+                [(n, load_yaml(protocol_dir() / f"{n}.yaml").get("description", "")) for n in protocol_names()])
     if w in ("all", "tiny"):
         section("tiny twins:", [(n, TWINS.help(n)) for n in TWINS.names()])
     return 0
