@@ -351,8 +351,13 @@ class Detector(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
              model_overrides: dict | None = None) -> "Detector":
-        """Rebuild a detector of this family from its checkpoint folder (see `detector.io.load_detector`)."""
+        """Rebuild a detector of this family from its checkpoint folder (see `detector.io.load_detector`), or from
+        an official weight file (`.pth`, `detector.families.official_weights`)."""
+        from detector.families.official_weights import is_weight_file, load_official
         from detector.io import load_generic
+
+        if is_weight_file(path):
+            return load_official(cls, path, device=device, tiny=tiny)
 
         return load_generic(cls, path, device, tiny, model_overrides)
 

@@ -143,6 +143,11 @@ def detector_class_of(path: str | Path) -> type[Detector]:
     if str(path).lower() in ZERO_SHOT:
         return DETECTORS.get("antifakeprompt")
     if path.is_file() and path.suffix in (".pth", ".pt"):
+        from detector.families.official_weights import official_detector_name
+
+        official = official_detector_name(path)  # CNNSpot, NPR, UnivFD weight files (tensors only)
+        if official:
+            return DETECTORS.get(official)
         raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
                               f"fakeforge convert-antifakeprompt {path} --out DIR")
     meta_file = path / META_FILE if path.is_dir() else path
