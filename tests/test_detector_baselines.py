@@ -375,3 +375,30 @@ def test_an_unknown_backbone_is_one_line_with_close_matches_before_training(fami
     assert train.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown timm model 'resnet5O'" in err and "resnet50" in err and len(err.splitlines()) == 1, err
+
+
+def test_the_plateau_rule_ends_a_run_when_the_next_drop_would_pass_min_lr(data, tmp_path, tiny_dir):
+    import train
+
+    out = tmp_path / "run"
+    args = _args(data, "cnnspot", out) + ["--set", "optim.min_lr=0.001"]  # 3e-3 / 10 < 1e-3: the first drop ends it
+    assert train.main(args) == 0
+    assert [r["epoch"] for r in _metrics(out) if r["split"] == "val"] == ["1", "2"]
+    assert torch.load(out / "last" / "training_state.pt", weights_only=True)["plateau"]["stopped"] is True
+    assert train.main([*args, "--resume"]) == 0  # a finished run stays finished
+    assert [r["epoch"] for r in _metrics(out) if r["split"] == "val"] == ["1", "2"]
+
+
+def test_npr_sees_only_the_up_sampling_residual(runs, data, tiny_dir):
+    """x - up(down(x)) vanishes on a x2 nearest-upsampled image and on any constant, so NPR's score ignores a
+    colour shift of the whole image (CNNSpot's does not)."""
+    from detector.families.npr import npr_residual
+
+    gen = torch.Generator().manual_seed(0)
+    small = torch.rand(2, 3, 8, 8, generator=gen)
+    assert torch.equal(npr_residual(small.repeat_interleave(2, -1).repeat_interleave(2, -2)), torch.zeros(2, 3, 16, 16))
+    x, _ = load_tensors(data["test"], runs["npr"]["trainer"].detector.preprocess)
+    shift = torch.tensor([0.7, -0.4, 0.2]).view(1, 3, 1, 1)
+    npr, cnn = runs["npr"]["trainer"].detector, runs["cnnspot"]["trainer"].detector
+    assert torch.allclose(npr.score(x + shift), npr.score(x), atol=1e-6)
+    assert not torch.allclose(cnn.score(x + shift), cnn.score(x), atol=1e-2)
