@@ -4,8 +4,8 @@ CNNSpot's official loop (PeterWang512/CNNDetection `train.py`, `earlystop.py`) w
 accuracy after every epoch; after `patience` epochs in a row without a rise of at least `threshold` over the
 best so far it divides the learning rate by 10, starts counting afresh, and ends training once the divided rate
 falls below `min_lr` (1e-6). The official loop asks for a rise of 0.001 before the first drop and 0.002
-after it; here one `threshold` holds throughout. `PlateauState` is that rule as a small state machine the trainer updates once
-per epoch and saves in `training_state.pt`, so a resumed run drops its rate at the same epoch as an
+after it; here one `threshold` holds throughout. `PlateauState` is that rule as a small state machine the trainer
+updates once per epoch and saves in `training_state.pt`, so a resumed run drops its rate at the same epoch as an
 uninterrupted one. torch's `ReduceLROnPlateau` is not used: it writes the optimizer's lr itself (the trainer
 sets every step's lr from `lr_at`) and never ends a run.
 """
@@ -48,5 +48,5 @@ class PlateauState:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: dict | None) -> "PlateauState":
+    def from_state(cls, state: dict | None) -> PlateauState:
         return cls(**state) if state else cls()

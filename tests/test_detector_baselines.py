@@ -234,6 +234,7 @@ def _official_npr(det, module_prefix: bool = False) -> dict:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_official_weight_files_load_with_identical_scores(runs, data, family, tmp_path):
     from detector.io import load_detector, load_detectors
+    from detector.side_by_side import train_set_label
 
     det = runs[family]["trainer"].detector
     x, _ = load_tensors(data["test"], det.preprocess)
@@ -243,14 +244,15 @@ def test_official_weight_files_load_with_identical_scores(runs, data, family, tm
         torch.save(content, path)
         loaded = load_detector(path, device="cpu", tiny=True)
         assert loaded.name == family and torch.equal(loaded.score(x), det.score(x))
+        assert train_set_label(loaded.checkpoint_meta) == f"official (official_{i}.pth)"  # the table's train-set cell
     # a side-by-side eval mixes an official file with a checkpoint folder
     both = load_detectors([str(path), str(runs[family]["out"] / "best")], device="cpu", tiny=True)
     assert [d.name for d in both] == [family, family]
 
 
 def test_official_univfd_head_loads_on_the_linear_probe(tmp_path, tiny_dir):
-    from detector.io import load_detector
     from detector.frozen_features import LinearProbe, LinearProbeConfig
+    from detector.io import load_detector
 
     probe = LinearProbe.from_config(LinearProbeConfig(), "cpu", tiny=True)
     dim = probe.backbone.feature_dim
@@ -282,9 +284,12 @@ def test_official_files_with_other_keys_shapes_or_code_are_refused(runs, tmp_pat
     det = runs["npr"]["trainer"].detector
     good = _official_npr(det)
     cases = {
-        "unexpected": ({**good, "layer3.0.conv1.weight": torch.zeros(1)}, r"unexpected \['net.layer3.0.conv1.weight'\]"),
-        "shape": ({**good, "fc1.weight": torch.zeros(2, 64)}, r"wrong shapes \['net.fc.weight \(2, 64\) \(needs \(1, 64\)\)'\]"),
-        "missing": ({k: v for k, v in good.items() if k != "layer1.0.conv2.weight"}, r"missing \['net.layer1.0.conv2.weight'\]"),
+        "unexpected": ({**good, "layer3.0.conv1.weight": torch.zeros(1)},
+                       r"unexpected \['net.layer3.0.conv1.weight'\]"),
+        "shape": ({**good, "fc1.weight": torch.zeros(2, 64)},
+                  r"wrong shapes \['net.fc.weight \(2, 64\) \(needs \(1, 64\)\)'\]"),
+        "missing": ({k: v for k, v in good.items() if k != "layer1.0.conv2.weight"},
+                    r"missing \['net.layer1.0.conv2.weight'\]"),
     }
     for name, (content, words) in cases.items():
         path = tmp_path / f"{name}.pth"
@@ -339,9 +344,9 @@ def test_step_schedule_is_npr_decay_and_schedule_keys_are_checked():
 def test_paper_counts_of_the_real_size_models():
     from detector.families.cnnspot import CNNSpot, CNNSpotConfig
     from detector.families.npr import NPR, NPRConfig
-    from detector.param_count import paper_count
+    from detector.side_by_side import format_params
 
-    assert [paper_count(n) for n in (4864, 419_430, 4_194_304, 23_510_081, 308_020_000, 512)] == \
+    assert [format_params(n) for n in (4864, 419_430, 4_194_304, 23_510_081, 308_020_000, 512)] == \
         ["4.86K", "419.43K", "4.19M", "23.51M", "308.02M", "512"]
     cnn = CNNSpot.from_config(CNNSpotConfig(), "cpu", pretrained=False)
     npr = NPR.from_config(NPRConfig(), "cpu")

@@ -2,11 +2,12 @@
 
 `--checkpoint FILE.pth` (detect, eval, the side-by-side eval) opens such a file:
 
-| file | official layout | detector |
-|---|---|---|
-| CNNSpot `blur_jpg_prob0.5.pth`, `blur_jpg_prob0.1.pth` | `{'model': resnet50 state dict, 'optimizer': ..., 'total_steps': n}` | `cnnspot` |
-| NPR `NPR.pth`, `model_epoch_last_3090.pth` | the truncated ResNet's plain state dict (`conv1`, `bn1`, `layer1-2`, `fc1`) | `npr` |
-| UnivFD `fc_weights.pth` | the linear head's state dict `{'weight': [1, 768], 'bias': [1]}` on CLIP ViT-L/14 | `linear_probe` |
+* CNNSpot `blur_jpg_prob0.5.pth`, `blur_jpg_prob0.1.pth`: `{'model': resnet50 state dict, 'optimizer': ...,
+  'total_steps': n}` -> `cnnspot`;
+* NPR `NPR.pth`, `model_epoch_last_3090.pth`: the truncated ResNet's plain state dict (`conv1`, `bn1`,
+  `layer1-2`, `fc1`) -> `npr`;
+* UnivFD `fc_weights.pth`: the linear head's state dict `{'weight': [1, 768], 'bias': [1]}` on CLIP ViT-L/14 ->
+  `linear_probe`.
 
 The file is read with `torch.load(weights_only=True)`: a pickle that would build any object other than tensors
 and plain containers is refused in one line, before anything runs. A `module.` prefix (DataParallel) is removed;
@@ -115,5 +116,7 @@ def load_official(cls, path: str | Path, device=None, tiny: bool = False):
         merged = {**{k: v for k, v in expected.items() if k.endswith(_COUNTERS)}, **tensors}
         detector.load_checkpoint_state({k: v.to(expected[k].dtype) for k, v in merged.items()}, source=source)
     detector.eval()
-    detector.checkpoint_meta = {"format": "official .pth", "file": str(path), "detector": cls.name}
+    detector.checkpoint_meta = {"format": "official .pth", "file": str(path), "detector": cls.name,
+                                "trainable_parameters": detector.num_trainable(),
+                                "training": {"source": f"converted from official checkpoint {Path(path).name}"}}
     return detector

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from detector.base import Detector, Preprocess, pick_device, weights_fingerprint
-from detector.param_count import paper_count
 from fakeforge.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ _LOCAL = ("tiny:", "local-dir:", "hf-hub:")
 class ResNetClassifierConfig:
     """Backbone, input geometry and head init of a one-logit ResNet detector."""
 
-    backbone: str = "resnet50.tv_in1k"  # a timm ResNet name, "local-dir:/folder", "hf-hub:org/name" or "tiny:timm_resnet"
+    backbone: str = "resnet50.tv_in1k"  # timm ResNet name, "local-dir:/folder", "hf-hub:org/name", "tiny:timm_resnet"
     pretrained: bool = True  # start from the backbone's weights (False: timm's random init, seeded)
     image_size: int = 224  # crop size
     load_size: int = 256  # shorter side before the crop
@@ -117,7 +116,7 @@ class ResNetClassifier(Detector):
 
     @classmethod
     def from_config(cls, config: ResNetClassifierConfig, device=None, tiny: bool = False,
-                    pretrained: bool | None = None) -> "ResNetClassifier":
+                    pretrained: bool | None = None) -> ResNetClassifier:
         """Build from the config (`pretrained=False`: skip downloading weights that a checkpoint overwrites)."""
         if tiny:
             config = config.to_tiny()
@@ -152,8 +151,10 @@ class ResNetClassifier(Detector):
 
     # ----------------------------------------------------------------------------------------- facts
     def trainable_summary(self) -> str:
+        from detector.side_by_side import format_params
+
         n = self.num_trainable()
-        return f"trainable parameters: {n:,} ({paper_count(n)}; the whole network, nothing frozen)"
+        return f"trainable parameters: {n:,} ({format_params(n)}; the whole network, nothing frozen)"
 
     def identity(self) -> dict:
         net = self.net
@@ -165,11 +166,15 @@ class ResNetClassifier(Detector):
                                  "head": list(net.fc.weight.shape)}}
 
     def describe(self) -> dict:
-        return {**super().describe(), "trainable_parameters_paper": paper_count(self.num_trainable()),
+        from detector.side_by_side import format_params
+
+        return {**super().describe(), "trainable_parameters_paper": format_params(self.num_trainable()),
                 "init_weights_sha256": self.init_fingerprint}
 
     def report_info(self, method: str | None = None) -> dict:
-        return {**super().report_info(method), "trainable_parameters_paper": paper_count(self.num_trainable())}
+        from detector.side_by_side import format_params
+
+        return {**super().report_info(method), "trainable_parameters_paper": format_params(self.num_trainable())}
 
     # ----------------------------------------------------------------------------------------- I/O
     @classmethod
