@@ -33,6 +33,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --resume: accept a config that changes the model, data or optimizer "
                         "(the new values are applied and recorded in config.yaml)")
     p.add_argument("--out", default=None, help="shortcut for --set train.output_dir=DIR")
+    p.add_argument("--checkpoint", default=None, metavar="FILE.pth",
+                   help="start from a published weight file (CNNSpot, NPR): shortcut for --set "
+                        "model.init_checkpoint=FILE.pth")
 
 
 def load_train_config(config: str, overrides: list[str] | None = None, tiny: bool = False, out: str | None = None):
@@ -50,7 +53,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume_force and not args.resume:
         raise ConfigError("--resume-force only makes sense with --resume")
-    cfg = load_train_config(args.config, args.overrides, args.tiny, args.out)
+    extra = [f"model.init_checkpoint={args.checkpoint}"] if getattr(args, "checkpoint", None) else []
+    cfg = load_train_config(args.config, [*args.overrides, *extra], args.tiny, args.out)
     trainer = Trainer(cfg, tiny=args.tiny, resume=args.resume, resume_force=args.resume_force)
     best = trainer.fit()
     if trainer.is_main_process:

@@ -407,3 +407,27 @@ def test_npr_sees_only_the_up_sampling_residual(runs, data, tiny_dir):
     npr, cnn = runs["npr"]["trainer"].detector, runs["cnnspot"]["trainer"].detector
     assert torch.allclose(npr.score(x + shift), npr.score(x), atol=1e-6)
     assert not torch.allclose(cnn.score(x + shift), cnn.score(x), atol=1e-2)
+
+
+def test_training_starts_from_an_official_file(runs, data, tmp_path, capsys):
+    """`train.py --checkpoint NPR.pth`: init/ holds the file's tensors exactly, then training moves on from them; a
+    file of another detector is refused in one line before any data is read."""
+    import train
+
+    det = runs["npr"]["trainer"].detector
+    torch.save(_official_npr(det), tmp_path / "NPR.pth")
+    out = tmp_path / "run"
+    args = _args(data, "npr", out) + ["--set", "train.epochs=1"]
+    assert train.main([*args, "--checkpoint", str(tmp_path / "NPR.pth")]) == 0
+    init = load_file(str(out / "init" / "weights.safetensors"))
+    state = det.checkpoint_state()
+    assert init.keys() == state.keys() and all(torch.equal(init[k], state[k]) for k in init)
+    last = load_file(str(out / "last" / "weights.safetensors"))
+    assert not torch.equal(last["net.fc.weight"], init["net.fc.weight"])
+    torch.save(_official_cnnspot(runs["cnnspot"]["trainer"].detector), tmp_path / "cnnspot.pth")
+    bad = ["--config", "npr", "--tiny", "--out", str(tmp_path / "bad"), "--set", "data.train=[nowhere]",
+           "--checkpoint", str(tmp_path / "cnnspot.pth")]
+    capsys.readouterr()
+    assert train.main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.init_checkpoint" in err and "'cnnspot', not 'npr'" in err and len(err.splitlines()) == 1, err

@@ -91,6 +91,21 @@ def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Te
         raise CheckpointError(f"{source} does not fit {detector!r}: {'; '.join(parts)}")
 
 
+def load_official_into(detector, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy an official CNNSpot/NPR file's tensors into a built detector of that family (strict, see above)."""
+    state = read_weight_file(path) if state is None else state
+    source = f"official weight file '{path}'"
+    found = family_of(state)
+    if found != detector.name:
+        raise CheckpointError(f"{source} has the key layout of {found or 'no known detector'!r}, not "
+                              f"{detector.name!r}")
+    tensors = type(detector).official_keys(state)
+    expected = detector.checkpoint_state()
+    check_tensors(tensors, expected, source, detector.name)
+    merged = {**{k: v for k, v in expected.items() if k.endswith(_COUNTERS)}, **tensors}
+    detector.load_checkpoint_state({k: v.to(expected[k].dtype) for k, v in merged.items()}, source=source)
+
+
 def load_official(cls, path: str | Path, device=None, tiny: bool = False):
     """Build `cls` from its default config (`tiny`: on the tiny twin) and load the official file's tensors."""
     state = read_weight_file(path)
@@ -109,12 +124,8 @@ def load_official(cls, path: str | Path, device=None, tiny: bool = False):
         detector.head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
         # UnivFD applies its head to the raw CLIP features: standardisation stays identity (mean 0, std 1)
     else:
-        detector = cls.from_config(config, device=device, pretrained=False)
-        tensors = cls.official_keys(state)
-        expected = detector.checkpoint_state()
-        check_tensors(tensors, expected, source, cls.name)
-        merged = {**{k: v for k, v in expected.items() if k.endswith(_COUNTERS)}, **tensors}
-        detector.load_checkpoint_state({k: v.to(expected[k].dtype) for k, v in merged.items()}, source=source)
+        detector = cls.from_config(config, device=device, pretrained=False, init=False)
+        load_official_into(detector, path, state)
     detector.eval()
     detector.checkpoint_meta = {"format": "official .pth", "file": str(path), "detector": cls.name,
                                 "trainable_parameters": detector.num_trainable(),

@@ -43,6 +43,7 @@ class ResNetClassifierConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     seed: int = 0  # initialisation of the head (and of the whole network when pretrained is false)
+    init_checkpoint: str | None = None  # start from a published weight file (.pth) instead (`train.py --checkpoint`)
 
     def validate(self) -> None:
         if not self.backbone.strip():
@@ -51,6 +52,11 @@ class ResNetClassifierConfig:
             raise ConfigError(f"model.image_size = {self.image_size} must be >= 2 and model.load_size = "
                               f"{self.load_size} >= model.image_size")
         Preprocess(mean=self.mean, std=self.std).validate()
+        if self.init_checkpoint is not None:
+            from detector.families.official_weights import is_weight_file
+
+            if not is_weight_file(self.init_checkpoint):
+                raise ConfigError(f"model.init_checkpoint = '{self.init_checkpoint}' is not a .pth/.pt file")
 
     def to_tiny(self):
         return replace(self, backbone=TINY_BACKBONE, pretrained=True, image_size=TINY_SIZE, load_size=TINY_LOAD)
@@ -116,12 +122,19 @@ class ResNetClassifier(Detector):
 
     @classmethod
     def from_config(cls, config: ResNetClassifierConfig, device=None, tiny: bool = False,
-                    pretrained: bool | None = None) -> ResNetClassifier:
-        """Build from the config (`pretrained=False`: skip downloading weights that a checkpoint overwrites)."""
+                    pretrained: bool | None = None, init: bool = True) -> ResNetClassifier:
+        """Build from the config, then load `init_checkpoint` if one is named (`pretrained=False`, `init=False`:
+        skip weights that a checkpoint about to be loaded overwrites)."""
         if tiny:
             config = config.to_tiny()
         config.validate()
-        detector = cls(config, cls.build_net(config, pretrained))
+        start_file = config.init_checkpoint if init else None
+        detector = cls(config, cls.build_net(config, False if start_file else pretrained))
+        if start_file:
+            from detector.families.official_weights import load_official_into
+
+            load_official_into(detector, start_file)
+            detector.init_fingerprint = weights_fingerprint(detector.net)
         log.info("%s", detector.trainable_summary())
         return detector.to(pick_device(device))
 
@@ -132,6 +145,13 @@ class ResNetClassifier(Detector):
 
         super().check_train_config(cfg)
         cfg.model.validate()
+        if cfg.model.init_checkpoint:  # its keys, before any data is read (shapes are checked when it loads)
+            from detector.families.official_weights import family_of, read_weight_file
+
+            found = family_of(read_weight_file(cfg.model.init_checkpoint))
+            if found != cls.name:
+                raise ConfigError(f"model.init_checkpoint = '{cfg.model.init_checkpoint}' has the key layout of "
+                                  f"{found or 'no known detector'!r}, not {cls.name!r}")
         if not cfg.model.backbone.startswith(_LOCAL):
             check_timm_name(cfg.model.backbone)
 
@@ -199,4 +219,4 @@ class _WithoutWeights:
         return getattr(self._cls, name)
 
     def from_config(self, config, device=None, tiny: bool = False):
-        return self._cls.from_config(config, device=device, tiny=tiny, pretrained=False)
+        return self._cls.from_config(config, device=device, tiny=tiny, pretrained=False, init=False)
