@@ -17,5 +17,9 @@ DETECTORS.register("nearest_neighbor", "detector.families.frozen.heads:NearestNe
                    "k-nearest-neighbour vote in a frozen CLIP/ImageNet feature space (UnivFD)")
 DETECTORS.register("contrastive_disentangle", "detector.families.frozen.disentangle:ContrastiveDisentangle",
                    "COCOFake's style/semantic contrastive projections + classifier on frozen features")
+DETECTORS.register("cnnspot", "detector.families.cnnspot:CNNSpot",
+                   "CNNSpot (Wang 2020): ImageNet ResNet-50 + 1 logit, trained end to end, 23.51M trainable")
+DETECTORS.register("npr", "detector.families.npr:NPR",
+                   "NPR (Tan 2024): neighbouring-pixel residual into ResNet-50 stem + layer1-2, 1.44M trainable")
 
 __all__ = ["DETECTORS"]

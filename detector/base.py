@@ -59,7 +59,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from detector.checkpoint import CheckpointError, load_detector_state, load_generic, save_detector
+from detector.checkpoint import load_detector_state, load_generic, save_detector
+from detector.errors import CheckpointError
 from detector.preprocess import Preprocess
 from fakeforge.config import ConfigError
 
@@ -88,6 +89,15 @@ def weights_fingerprint(module: nn.Module) -> str:
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def format_params(n: int | None) -> str:
+    """4864 -> "4.86K", 16917838 -> "16.92M" (the paper's #params column)."""
+    if n is None:
+        return "?"
+    if n < 1000:
+        return str(n)
+    return f"{n / 1e3:.2f}K" if n < 1_000_000 else f"{n / 1e6:.2f}M"
 
 
 def describe_identity(identity: dict) -> str:
@@ -255,7 +265,12 @@ class Detector(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, tiny: bool = False,
              model_overrides: dict | None = None) -> "Detector":
-        """Rebuild a detector of this family from its checkpoint folder (see `detector.checkpoint.load_detector`)."""
+        """Rebuild a detector of this family from its checkpoint folder (see `detector.checkpoint.load_detector`), or from
+        an official weight file (`.pth`, `detector.official_weights`)."""
+        from detector.official_weights import is_weight_file, load_official
+
+        if is_weight_file(path):
+            return load_official(cls, path, device=device, tiny=tiny)
         return load_generic(cls, path, device, tiny, model_overrides)
 
     @classmethod

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from detector.errors import CheckpointError  # noqa: F401  (raised here, importable from here)
+from detector.official_weights import official_detector_name
 from detector.preprocess import Preprocess
 from detector.sharing import sharing_loads
 from fakeforge import versions
@@ -41,10 +43,6 @@ FAMILY_FORMATS = {"fakeforge.antifakeprompt": "antifakeprompt"}
 ZERO_SHOT = ("zero-shot", "zeroshot", "zero_shot")
 META_FILE = "detector.json"
 CARD_FILE = "README.md"
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used here: wrong format, another detector or backbone, bad tensors."""
 
 
 def save_detector(detector: Detector, out_dir: str | Path, training: dict | None = None) -> Path:
@@ -140,6 +138,9 @@ def detector_class_of(path: str | Path) -> type[Detector]:
     if str(path).lower() in ZERO_SHOT:
         return DETECTORS.get("antifakeprompt")
     if path.is_file() and path.suffix in (".pth", ".pt"):
+        official = official_detector_name(path)  # CNNSpot, NPR, UnivFD weight files (tensors only)
+        if official:
+            return DETECTORS.get(official)
         raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
                               f"fakeforge convert-antifakeprompt {path} --out DIR")
     meta_file = path / META_FILE if path.is_dir() else path

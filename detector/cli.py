@@ -32,6 +32,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --resume: accept a config that changes the model, data or optimizer "
                         "(the new values are applied and recorded in config.yaml)")
     p.add_argument("--out", default=None, help="shortcut for --set train.output_dir=DIR")
+    p.add_argument("--checkpoint", default=None, metavar="FILE.pth",
+                   help="start from a published weight file (CNNSpot, NPR): shortcut for --set "
+                        "model.init_checkpoint=FILE.pth")
 
 
 def load_train_config(config: str, overrides: list[str] | None = None, tiny: bool = False, out: str | None = None):
@@ -48,7 +51,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     from detector.train import train
 
-    run = train(args.config, overrides=args.overrides, tiny=args.tiny, out=args.out, resume=args.resume,
+    extra = [f"model.init_checkpoint={args.checkpoint}"] if getattr(args, "checkpoint", None) else []
+    run = train(args.config, overrides=[*args.overrides, *extra], tiny=args.tiny, out=args.out, resume=args.resume,
                 resume_force=args.resume_force)
     if PartialState().is_main_process:
         print(f"best checkpoint: {run.best}")

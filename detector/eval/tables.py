@@ -11,19 +11,12 @@ import html
 import math
 from dataclasses import dataclass, field
 
+from detector.base import format_params  # noqa: F401  (the #params column; importable from here)
+
 
 def pct(v) -> str:
     """0.8123 -> "81.23"; None/NaN -> "n/a"."""
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
-
-
-def format_params(n: int | None) -> str:
-    """4864 -> "4.86K", 16917838 -> "16.92M" (the paper's #params column)."""
-    if n is None:
-        return "?"
-    if n < 1000:
-        return str(n)
-    return f"{n / 1e3:.2f}K" if n < 1_000_000 else f"{n / 1e6:.2f}M"
 
 
 def _nan(v) -> float:

@@ -89,6 +89,10 @@ class OptimConfig:
                     then a half cosine over every step down to min_lr at the last step (DeepFake-Adapter's
                     util/lr_sched.py with warmup_lr 0).
       constant      warm-up, then lr.
+      step_epoch    lr * step_gamma ** (epoch // step_epochs) (NPR: x 0.9 every 10 epochs).
+      plateau       lr, divided by 1 / plateau_factor each time the validation accuracy has not risen by
+                    plateau_threshold for plateau_patience epochs; training stops once the lr would fall below
+                    min_lr (CNNSpot's EarlyStopping + adjust_learning_rate; see detector/train/plateau.py).
     """
 
     name: Literal["adamw", "sgd"] = "adamw"
@@ -100,13 +104,25 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     momentum: float = 0.9
-    schedule: Literal["cosine_epoch", "cosine_step", "constant"] = "cosine_epoch"
+    schedule: Literal["cosine_epoch", "cosine_step", "constant", "step_epoch", "plateau"] = "cosine_epoch"
     warmup_lr: float = 1e-8
     warmup_steps: int = 0
     warmup_epochs: float = 0.0
     max_grad_norm: float | None = None
+    step_epochs: int = 10  # step_epoch: epochs per decay
+    step_gamma: float = 0.9  # step_epoch: factor per decay
+    plateau_patience: int = 5  # plateau: epochs without improvement before the lr drops
+    plateau_factor: float = 0.1  # plateau: lr multiplier per drop
+    plateau_threshold: float = 0.001  # plateau: the least rise of validation accuracy that counts as improvement
 
     def validate(self) -> None:
+        if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
+            raise ConfigError(f"optim.step_epochs = {self.step_epochs} must be >= 1 and optim.step_gamma = "
+                              f"{self.step_gamma} within (0, 1]")
+        if self.plateau_patience < 1 or not 0 < self.plateau_factor < 1 or self.plateau_threshold < 0:
+            raise ConfigError(f"optim.plateau_patience = {self.plateau_patience} must be >= 1, optim.plateau_factor "
+                              f"= {self.plateau_factor} within (0, 1) and optim.plateau_threshold = "
+                              f"{self.plateau_threshold} >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas = {self.betas} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
         if self.lr is not None and not self.lr > 0:
@@ -239,9 +255,10 @@ def set_hyperparameters(opt: torch.optim.Optimizer, cfg: OptimConfig) -> None:
 
 
 def lr_at(cfg: OptimConfig, epoch: int, step_in_epoch: int, step: int, epochs: int, steps_per_epoch: int,
-          peak: float | None = None) -> float:
+          peak: float | None = None, scale: float = 1.0) -> float:
     """Learning rate of the optimizer step `step_in_epoch` of `epoch` (both from 0; `step` counts all steps).
-    `peak`: the peak lr when `cfg.lr` is null (see `OptimConfig.peak_lr`)."""
+    `peak`: the peak lr when `cfg.lr` is null (see `OptimConfig.peak_lr`). `scale`: the plateau schedule's
+    current factor (`detector.train.plateau.PlateauState.scale`)."""
     lr = cfg.lr if peak is None else peak
     if lr is None:
         raise ValueError("optim.lr is null: pass the batch-scaled peak learning rate")
@@ -256,6 +273,10 @@ def lr_at(cfg: OptimConfig, epoch: int, step_in_epoch: int, step: int, epochs: i
         return (lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) + cfg.min_lr
     if step < warm_n:
         return warm(step)
+    if cfg.schedule == "step_epoch":
+        return lr * cfg.step_gamma ** (epoch // cfg.step_epochs)
+    if cfg.schedule == "plateau":
+        return lr * scale
     if cfg.schedule == "constant":
         return lr
     total = max(1.0, epochs * steps_per_epoch - warm_n)

@@ -301,6 +301,9 @@ class Trainer:
         self.peak_lr = c.optim.peak_lr(c.train.batch_size * acc.num_processes)
         opt = build_optimizer(det.trainable_parameters(), c.optim, self.peak_lr)
         start_epoch, step, best = 0, 0, math.inf
+        from detector.train.plateau import PlateauState
+
+        self.plateau = PlateauState()
         model, opt = acc.prepare(det, opt)
         if self.resume:
             start_epoch, step, best = self._load_state(opt)
@@ -311,6 +314,8 @@ class Trainer:
         acc.print(f"{self.n_train} training samples, {self.steps_per_epoch} steps/epoch x {c.train.epochs} epochs, "
                   f"peak lr {self.peak_lr:.3g}; {p.image_size} px, mean {p.mean} std {p.std} ({p.source})")
         for epoch in range(start_epoch, c.train.epochs):
+            if self.plateau.stopped:
+                break
             step = self._train_epoch(model, opt, epoch, step)
             val_loss, val_acc = self.validate()
             self._log_row({"epoch": epoch + 1, "step": step, "split": "val", "val_loss": val_loss,
@@ -318,6 +323,14 @@ class Trainer:
             acc.print(f"epoch {epoch + 1}/{c.train.epochs}: val_loss {val_loss:.4f} val_acc {val_acc:.4f}")
             improved = val_loss < best
             best = min(best, val_loss)
+            if c.optim.schedule == "plateau":
+                o = c.optim
+                event = self.plateau.update(val_acc, self.peak_lr, o.plateau_patience, o.plateau_factor,
+                                            o.plateau_threshold, o.min_lr)
+                if event:
+                    acc.print(f"epoch {epoch + 1}: validation accuracy on a plateau; "
+                              + ("lr would fall below optim.min_lr: training ends" if event == "stop" else
+                                 f"lr -> {self.peak_lr * self.plateau.scale:.3g}"))
             if acc.is_main_process:
                 self._save(epoch + 1, step, val_loss, val_acc, best, opt, improved)
             acc.wait_for_everyone()
@@ -344,7 +357,8 @@ class Trainer:
                                   "(are there at least as many shards per set as processes?)") from None
             if len(labels) < det.min_train_batch:  # e.g. BatchNorm cannot train on one image
                 continue
-            lr = lr_at(c.optim, epoch, i, step, c.train.epochs, self.steps_per_epoch, peak=self.peak_lr)
+            lr = lr_at(c.optim, epoch, i, step, c.train.epochs, self.steps_per_epoch, peak=self.peak_lr,
+                       scale=self.plateau.scale)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = model(images.to(acc.device), labels.to(acc.device))
@@ -451,7 +465,8 @@ class Trainer:
         training = self._training_info(epoch, step, val_loss, val_acc, best)
         last = self.detector.save(self.out / "last", training)
         state = {"optimizer": opt.state_dict(), "epoch": epoch, "step": step, "best_val_loss": best,
-                 "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None}
+                 "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+                 "plateau": self.plateau.state_dict()}
         with atomic_path(last / STATE_FILE) as tmp:
             torch.save(state, tmp)
         if improved:
@@ -465,5 +480,8 @@ class Trainer:
         set_hyperparameters(opt, self.cfg.optim)  # the config's values run, not the saved ones (--resume-force)
         if self.acc.scaler is not None and state.get("scaler"):
             self.acc.scaler.load_state_dict(state["scaler"])
+        from detector.train.plateau import PlateauState
+
+        self.plateau = PlateauState.from_state(state.get("plateau"))
         log.info("resuming from %s after epoch %d (step %d)", last, state["epoch"], state["step"])
         return int(state["epoch"]), int(state["step"]), float(state["best_val_loss"])
