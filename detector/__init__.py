@@ -17,5 +17,7 @@ DETECTORS.register("nearest_neighbor", "detector.frozen_features:NearestNeighbor
                    "k-nearest-neighbour vote in a frozen CLIP/ImageNet feature space (UnivFD)")
 DETECTORS.register("contrastive_disentangle", "detector.disentangle:ContrastiveDisentangle",
                    "COCOFake's style/semantic contrastive projections + classifier on frozen features")
+DETECTORS.register("instructblip_lora", "detector.families.instructblip_lora:InstructBlipLora",
+                   "InstructBLIP + LoRA (r 8 on the LLM's q_proj/v_proj): AntifakePrompt's ablation row, 4.19M trainable")
 
 __all__ = ["DETECTORS"]
