@@ -19,5 +19,7 @@ DETECTORS.register("contrastive_disentangle", "detector.disentangle:ContrastiveD
                    "COCOFake's style/semantic contrastive projections + classifier on frozen features")
 DETECTORS.register("instructblip_lora", "detector.families.instructblip_lora:InstructBlipLora",
                    "InstructBLIP + LoRA (r 8 on the LLM's q_proj/v_proj): AntifakePrompt's ablation row, 4.19M trainable")
+DETECTORS.register("defake", "detector.families.defake:DeFake",
+                   "DE-FAKE: frozen CLIP ViT-B/32 image + caption embeddings (BLIP captions at test) -> MLP 1024-512-256-2")
 
 __all__ = ["DETECTORS"]
