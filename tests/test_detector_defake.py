@@ -175,7 +175,7 @@ def test_config_errors_are_one_line_before_any_model_loads(data, tmp_path, capsy
                          (["--set", "model.min_length=70"], "model.min_length = 70"),
                          (["--set", "model.caption=generated"], "model.caption")):
         args = ["--config", "defake", "--out", str(tmp_path / "run"), "--set", f"data.train=[{data['train']}]",
-                "--set", f"model.clip_model={tmp_path / 'no_such_clip'}", *extra]
+                "--set", f"model.backbone={tmp_path / 'no_such_clip'}", *extra]
         assert train.main(args) == 2, extra
         err = capsys.readouterr().err
         assert words in err and "no_such_clip" not in err and len(err.strip().splitlines()) == 1, err

@@ -56,7 +56,7 @@ __all__ = ["DeFake", "DeFakeConfig", "ClipPair", "BlipCaptioner", "CaptionCache"
 class DeFakeConfig:
     """CLIP, the captioner and its generation settings, the MLP and its training schedule (official values)."""
 
-    clip_model: str = DEFAULT_CLIP  # transformers CLIPModel id or folder, or "tiny:hf_clip"
+    backbone: str = DEFAULT_CLIP  # transformers CLIPModel id or folder, or "tiny:hf_clip"
     captioner: str = DEFAULT_CAPTIONER  # transformers BlipForConditionalGeneration id or folder, or "tiny:blip_captioner"
     caption: Literal["blip", "stored"] = "blip"  # the caption source of score()
     caption_prompt: str = "a picture of "  # BLIP decoder prompt, stripped from the output
@@ -73,7 +73,7 @@ class DeFakeConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for key in ("clip_model", "captioner"):
+        for key in ("backbone", "captioner"):
             if not str(getattr(self, key)).strip():
                 raise ConfigError(f"model.{key} must not be empty")
         if self.num_beams < 1:
@@ -92,7 +92,7 @@ class DeFakeConfig:
             raise ConfigError(f"model.lr = {self.lr} must be positive")
 
     def to_tiny(self) -> "DeFakeConfig":
-        return replace(self, clip_model="tiny:hf_clip", captioner="tiny:blip_captioner", dtype="float32")
+        return replace(self, backbone="tiny:hf_clip", captioner="tiny:blip_captioner", dtype="float32")
 
 
 def _resolve(model_id: str) -> str:
@@ -140,8 +140,8 @@ class ClipPair(nn.Module):
     def load(cls, spec: str, device=None, dtype: str = "auto") -> "ClipPair":
         from transformers import CLIPModel, CLIPProcessor
 
-        model = _load("CLIP", "clip_model", spec, lambda p: CLIPModel.from_pretrained(p, dtype=torch.float32))
-        processor = _load("CLIP", "clip_model", spec, CLIPProcessor.from_pretrained)
+        model = _load("CLIP", "backbone", spec, lambda p: CLIPModel.from_pretrained(p, dtype=torch.float32))
+        processor = _load("CLIP", "backbone", spec, CLIPProcessor.from_pretrained)
         pair = cls(spec, model, processor)
         device = pick_device(device)
         return pair.to(device=device, dtype=pick_dtype(dtype, device))
@@ -239,28 +239,29 @@ class CaptionCache:
                           default=str)
 
     def _open(self) -> None:
-        if self.path.is_file():
-            raw = self.path.read_bytes()
-            lines = raw.decode("utf-8", errors="replace").split("\n")
-            if lines[0] != self._header():
-                self.rebuilt = "made with other settings"
-            else:
-                for line in lines[1:]:
-                    try:
-                        item = json.loads(line) if line else None
-                    except ValueError:
-                        item = None
-                    if isinstance(item, dict) and isinstance(item.get("image"), str) and \
-                            isinstance(item.get("caption"), str):
-                        self.entries[item["image"]] = item["caption"]
-                    elif line:
-                        self.rebuilt = "cut short"
-                if not raw.endswith(b"\n"):
-                    self.rebuilt = self.rebuilt or "cut short"
-            if self.rebuilt is None:
-                return
-            log.warning("caption cache %s is %s: rebuilding (%d captions kept)", self.path, self.rebuilt,
-                        len(self.entries))
+        if not self.path.is_file():
+            return  # written on the first add()
+        raw = self.path.read_bytes()
+        lines = raw.decode("utf-8", errors="replace").split("\n")
+        if lines[0] != self._header():
+            self.rebuilt = "made with other settings"
+        else:
+            for line in lines[1:]:
+                try:
+                    item = json.loads(line) if line else None
+                except ValueError:
+                    item = None
+                if isinstance(item, dict) and isinstance(item.get("image"), str) and \
+                        isinstance(item.get("caption"), str):
+                    self.entries[item["image"]] = item["caption"]
+                elif line:
+                    self.rebuilt = "cut short"
+            if not raw.endswith(b"\n"):
+                self.rebuilt = self.rebuilt or "cut short"
+        if self.rebuilt is None:
+            return
+        log.warning("caption cache %s is %s: rebuilding (%d captions kept)", self.path, self.rebuilt,
+                    len(self.entries))
         self._rewrite()
 
     def _rewrite(self) -> None:
@@ -278,6 +279,9 @@ class CaptionCache:
         if not items:
             return
         self.entries.update(items)
+        if not self.path.is_file():
+            self._rewrite()
+            return
         with self.path.open("a", encoding="utf-8") as fh:
             for k, v in items.items():
                 fh.write(json.dumps({"image": k, "caption": v}) + "\n")
@@ -316,7 +320,7 @@ class DeFake(FeatureDetector):
         if tiny:
             config = config.to_tiny()
         config.validate()
-        backbone = ClipPair.load(config.clip_model, device=device, dtype=config.dtype)
+        backbone = ClipPair.load(config.backbone, device=device, dtype=config.dtype)
         captioner = BlipCaptioner.load(config, device=backbone.device)
         return cls(config, backbone, captioner).to(backbone.device).eval()
 
