@@ -1,0 +1,161 @@
+"""The InstructBLIP + LoRA and DE-FAKE baselines: side-by-side eval on one base, and DE-FAKE's score() cost.
+
+    python benchmarks/bench_vlm_baselines.py            # tiny twins on CPU
+
+In one run, on the same inputs:
+  * `detector.side_by_side.score_sets` over a shard set with K AntifakePrompt checkpoints and K InstructBLIP + LoRA
+    checkpoints on one base model (random rows / random adapters; the same preprocessing, so the vision encoder
+    runs once per batch for all 2K and the Q-Former + LLM per checkpoint), against scoring each checkpoint alone,
+    one after another (decoding the images again each time); the scores must be identical, and the vision-encoder
+    calls are counted;
+  * DE-FAKE's `score()` images/s next to the plain transformers CLIP forward it wraps (`get_image_features` +
+    `get_text_features` on fixed captions, the same batch), with the BLIP caption cache warm (every caption read
+    from the cache) and cold (BLIP beam search included, a fresh cache each call).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _afp_and_lora(k: int, device: torch.device) -> tuple[list, list]:
+    """K AntifakePrompt views (random rows) on one base and K LoRA views (random adapters) on another instance of
+    the same base weights, all with the same preprocessing; returns (entries, the two base detectors)."""
+    from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
+    from detector.checkpoint import SharedBaseCheckpoint
+    from detector.families.instructblip_lora import InstructBlipLora, InstructBlipLoraConfig, SharedLoraCheckpoint
+    from detector.side_by_side import Entry
+
+    afp = AntifakePrompt.from_config(AntifakePromptConfig(model_id="tiny:instructblip", dtype="float32"), device)
+    lora = InstructBlipLora.from_config(InstructBlipLoraConfig(model_id="tiny:instructblip", dtype="float32"), device)
+    lora.preprocess = afp.preprocess
+    entries = []
+    for i in range(k):
+        g = torch.Generator().manual_seed(100 + i)
+        rows = {n: 0.5 * torch.randn(t.shape, generator=g) for n, t in afp.rows().items()}
+        entries.append(Entry(f"antifakeprompt_{i}", SharedBaseCheckpoint(afp, rows, afp.config, afp.preprocess, {},
+                                                                          f"random rows {i}")))
+    for i in range(k):
+        g = torch.Generator().manual_seed(200 + i)
+        tensors = {n: 0.3 * torch.randn(t.shape, generator=g) for n, t in lora.checkpoint_state().items()}
+        entries.append(Entry(f"lora_{i}", SharedLoraCheckpoint(lora, tensors, lora.config, lora.preprocess, {},
+                                                               f"random adapter {i}")))
+    return entries, [afp, lora]
+
+
+def side_by_side_timing(k: int, n_per_class: int, batch_size: int, size: int, repeats: int,
+                        device: torch.device) -> dict:
+    from bench_detectors import _fresh, _median_pair, write_shards
+
+    from detector.data import parse_set_specs
+    from detector.side_by_side import score_sets
+
+    entries, bases = _afp_and_lora(k, device)
+    calls = {"vision": 0}
+    for base in bases:
+        base.model.vision_model.register_forward_hook(lambda *_: calls.__setitem__("vision", calls["vision"] + 1))
+    runs: dict = {}
+
+    def together():
+        calls["vision"] = 0
+        runs["together"] = _fresh(entries)
+        score_sets(runs["together"], specs, batch_size, progress=False)
+        runs["calls_together"] = calls["vision"]
+
+    def one_by_one():
+        calls["vision"] = 0
+        runs["alone"] = _fresh(entries)
+        for e in runs["alone"]:
+            score_sets([e], specs, batch_size, progress=False)
+        runs["calls_alone"] = calls["vision"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = parse_set_specs([str(write_shards(Path(tmp) / "data", n_per_class, size))])
+        t_multi, t_single = _median_pair(together, one_by_one, repeats)
+    same = all([r.scores for r in a.results] == [r.scores for r in b.results]
+               for a, b in zip(runs["together"], runs["alone"]))
+    return {"checkpoints": [e.label for e in entries], "images": 2 * n_per_class, "image_size": size,
+            "side_by_side_s": t_multi, "one_by_one_s": t_single, "speedup": t_single / t_multi,
+            "vision_encoder_calls": {"side_by_side": runs["calls_together"], "one_by_one": runs["calls_alone"]},
+            "scores_identical": same}
+
+
+def defake_timing(batch_size: int, iters: int, device: torch.device) -> dict:
+    """DE-FAKE score() with the caption cache warm / cold vs the plain CLIP forward on fixed captions."""
+    from detector.families.defake import DeFake, DeFakeConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = DeFakeConfig(caption_cache=str(Path(tmp) / "warm"))
+        det = DeFake.from_config(cfg, device, tiny=True)
+        size = det.preprocess.image_size
+        x = torch.rand(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        captions = det.blip_captions(x)  # fills the warm cache
+        clip, tok = det.backbone.model, det.backbone.tokenizer
+
+        @torch.no_grad()
+        def plain():
+            t = tok(captions, padding=True, truncation=True, max_length=77, return_tensors="pt")
+            clip.get_image_features(pixel_values=x.to(device))
+            clip.get_text_features(**{k: v.to(device) for k, v in t.items()})
+
+        def warm():
+            det.score(x)
+
+        cold_dets = [DeFake.from_config(DeFakeConfig(caption_cache=str(Path(tmp) / f"cold{i}")), device, tiny=True)
+                     for i in range(iters + 1)]
+
+        times: dict[str, list[float]] = {"plain": [], "warm": [], "cold": []}
+        for i in range(iters + 1):
+            for name, fn in (("plain", plain), ("warm", warm), ("cold", lambda: cold_dets[i].score(x))):
+                start = time.perf_counter()
+                fn()
+                if i:
+                    times[name].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+    ips = {k: batch_size / v for k, v in med.items()}
+    return {"batch": batch_size, "image_size": size, "images_per_s": ips,
+            "score_warm_vs_plain": med["warm"] / med["plain"], "score_cold_vs_plain": med["cold"] / med["plain"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", type=int, default=3, help="checkpoints of each kind in the side-by-side eval")
+    p.add_argument("--eval-images", type=int, default=32, help="images per class of the side-by-side eval")
+    p.add_argument("--eval-size", type=int, default=64, help="side of the side-by-side eval's JPEGs")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=str, default=None, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    out = {"side_by_side": side_by_side_timing(args.checkpoints, args.eval_images, args.batch_size, args.eval_size,
+                                               args.repeats, device),
+           "defake": defake_timing(args.batch_size, args.iters, device)}
+    s, d = out["side_by_side"], out["defake"]
+    print(f"side by side, {args.checkpoints} AntifakePrompt + {args.checkpoints} LoRA checkpoints on one base, "
+          f"{s['images']} images: {s['side_by_side_s']:.2f} s vs one after another {s['one_by_one_s']:.2f} s "
+          f"(x{s['speedup']:.2f}); vision encoder calls {s['vision_encoder_calls']}; identical: "
+          f"{s['scores_identical']}")
+    ips = d["images_per_s"]
+    print(f"DE-FAKE score(), batch {d['batch']}: {ips['warm']:.0f} img/s with cached captions, {ips['cold']:.0f} img/s "
+          f"captioning with BLIP; plain CLIP image + text forward {ips['plain']:.0f} img/s "
+          f"(score/plain time: x{d['score_warm_vs_plain']:.2f} warm, x{d['score_cold_vs_plain']:.2f} cold)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0 if s["scores_identical"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
