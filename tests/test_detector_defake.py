@@ -89,6 +89,14 @@ def test_clip_and_blip_stay_frozen_and_only_the_mlp_is_saved(run, tiny_dir):
     assert det.num_trainable() == 64 * 512 + 512 + 512 * 256 + 256 + 256 * 2 + 2
 
 
+def test_the_official_mlp_has_656642_parameters():
+    from detector.families.defake import DeFakeConfig, build_head
+
+    head = build_head(2 * 512, DeFakeConfig())  # CLIP ViT-B/32: 512-d image and text embeddings
+    assert sum(p.numel() for p in head.parameters()) == 656_642
+    assert [m.p for m in head if isinstance(m, torch.nn.Dropout)] == [0.5]
+
+
 def test_saved_checkpoint_loads_with_identical_scores(run, data):
     from detector.io import load_detector
 

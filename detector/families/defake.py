@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 CAPTION_CACHE_VERSION = 1
-__all__ = ["DeFake", "DeFakeConfig", "ClipPair", "BlipCaptioner", "CaptionCache"]
+__all__ = ["DeFake", "DeFakeConfig", "ClipPair", "BlipCaptioner", "CaptionCache", "build_head"]
 
 
 @dataclass
@@ -293,6 +293,17 @@ def image_key(pixels: torch.Tensor) -> str:
     return hashlib.sha256(pixels.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def build_head(in_dim: int, config: DeFakeConfig) -> nn.Sequential:
+    """The official NeuralNet(in_dim, hidden_sizes, 2): fc1 -> ReLU -> dropout -> fc2 -> ReLU -> fc3 (656,642
+    parameters at 1024-512-256-2). fc3 starts at zero: untrained, P(fake) = 0.5 for every image."""
+    h1, h2 = config.hidden_sizes
+    head = nn.Sequential(nn.Linear(in_dim, h1), nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(h1, h2), nn.ReLU(),
+                         nn.Linear(h2, 2))
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
 class DeFake(FeatureDetector):
     """Frozen CLIP image + caption embeddings, an MLP 2D-512-256-2 with dropout; P(fake) = softmax[:, 1]."""
 
@@ -304,13 +315,9 @@ class DeFake(FeatureDetector):
     def __init__(self, config: DeFakeConfig, backbone: ClipPair, captioner: BlipCaptioner):
         super().__init__(config, backbone)
         self.captioner = captioner
-        h1, h2 = config.hidden_sizes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.head = nn.Sequential(nn.Linear(backbone.feature_dim, h1), nn.ReLU(), nn.Dropout(config.dropout),
-                                      nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 2))
-        nn.init.zeros_(self.head[-1].weight)  # untrained: P(fake) = 0.5 for every image (not the official init)
-        nn.init.zeros_(self.head[-1].bias)
+            self.head = build_head(backbone.feature_dim, config)
         root = Path(config.caption_cache) if config.caption_cache else _default_caption_root()
         self.caption_cache = CaptionCache(root, self.caption_identity())
         self.eval()
