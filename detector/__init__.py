@@ -21,5 +21,7 @@ DETECTORS.register("instructblip_lora", "detector.families.instructblip_lora:Ins
                    "InstructBLIP + LoRA (r 8 on the LLM's q_proj/v_proj): AntifakePrompt's ablation row, 4.19M trainable")
 DETECTORS.register("defake", "detector.families.defake:DeFake",
                    "DE-FAKE: frozen CLIP ViT-B/32 image + caption embeddings (BLIP captions at test) -> MLP 1024-512-256-2")
+DETECTORS.register("dire", "detector.families.dire:Dire",
+                   "DIRE: |x - DDIM reconstruction| (20 steps, unconditional UNet2DModel) -> ResNet-50, 23.5M trainable")
 
 __all__ = ["DETECTORS"]
