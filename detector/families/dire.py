@@ -206,17 +206,18 @@ class Dire(Detector):
     def dire_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """DIRE images [B, 3, S, S] in [0, 1] (8-bit steps) of preprocessed images, from the cache where present."""
         keys = [image_key(p) for p in pixels]
-        found = [self.cache.read(k) for k in keys]
-        missing = [i for i, t in enumerate(found) if t is None]
+        have = {k: self.cache.read(k) for k in dict.fromkeys(keys)}
+        missing = [k for k, t in have.items() if t is None]  # each distinct image once, even if repeated in the batch
         if missing:
-            x = pixels[missing].to(self.device).float()
+            first = {k: keys.index(k) for k in missing}
+            x = pixels[[first[k] for k in missing]].to(self.device).float()
             recon = ddim_reconstruct(self.unet, self.scheduler_config, x, self.config.steps)
             dire = ((x - recon).abs() * 255.0 / 2.0).clamp(0, 255).round().to(torch.uint8).cpu()
-            for i, d in zip(missing, dire):
-                self.cache.write(keys[i], d)
-                found[i] = d
+            for k, d in zip(missing, dire):
+                self.cache.write(k, d)
+                have[k] = d
             self.cache.computed += len(missing)
-        return torch.stack(found).to(self.device).float() / 255.0
+        return torch.stack([have[k] for k in keys]).to(self.device).float() / 255.0
 
     def _crop(self, dire: torch.Tensor) -> torch.Tensor:
         c, s = self.config.crop_size, dire.shape[-1]
