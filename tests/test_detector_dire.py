@@ -143,7 +143,7 @@ def test_config_errors_are_one_line_before_any_model_loads(data, tmp_path, capsy
                          (["--set", "model.crop_size=300"], "model.crop_size = 300"),
                          (["--set", "train.batch_size=1"], "train.batch_size = 1")):
         args = ["--config", "dire", "--out", str(tmp_path / "run"), "--set", f"data.train=[{data['train']}]",
-                "--set", f"model.diffusion_model={tmp_path / 'no_such_unet'}", *extra]
+                "--set", f"model.model_id={tmp_path / 'no_such_unet'}", *extra]
         assert train.main(args) == 2, extra
         err = capsys.readouterr().err
         assert words in err and "no_such_unet" not in err and len(err.strip().splitlines()) == 1, err

@@ -6,7 +6,7 @@ stored as the official `compute_dire.py` stores it: |x - recon| * 255 / 2 rounde
 logit (ImageNet init, every layer trained) classifies the DIRE image (random crop 224 + flip in training, centre crop
 at test, ImageNet normalisation), binary cross-entropy, Adam 1e-4, batch 64.
 
-The diffusion model is a diffusers pipeline with an unconditional `UNet2DModel` (`model.diffusion_model`, loaded by
+The diffusion model is a diffusers pipeline with an unconditional `UNet2DModel` (`model.model_id`, loaded by
 `DDPMPipeline.from_pretrained`): the inversion uses `DDIMInverseScheduler`, the reconstruction `DDIMScheduler`, both
 made from the pipeline's scheduler config. The default `google/ddpm-bedroom-256` is the LSUN-Bedroom 256 px DDPM,
 standing in for the ADM LSUN-Bedroom checkpoint (`lsun_bedroom.pt`) the official code uses, which has no diffusers
@@ -46,7 +46,7 @@ __all__ = ["Dire", "DireConfig", "DireCache", "ddim_reconstruct"]
 class DireConfig:
     """The diffusion model and DDIM steps, the image geometry and the ResNet-50 classifier."""
 
-    diffusion_model: str = DEFAULT_DIFFUSION  # diffusers DDPMPipeline id or folder, or "tiny:ddpm_uncond"
+    model_id: str = DEFAULT_DIFFUSION  # diffusers DDPMPipeline id or folder, or "tiny:ddpm_uncond"
     steps: int = 20
     image_size: int = 256  # the diffusion model's resolution: shorter side resized (bicubic), centre crop
     crop_size: int = 224  # the classifier's input: random crop in training, centre crop at test
@@ -56,8 +56,8 @@ class DireConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if not self.diffusion_model.strip():
-            raise ConfigError("model.diffusion_model must not be empty")
+        if not self.model_id.strip():
+            raise ConfigError("model.model_id must not be empty")
         if self.steps < 1:
             raise ConfigError(f"model.steps = {self.steps} must be >= 1")
         if not 1 <= self.crop_size <= self.image_size:
@@ -65,7 +65,7 @@ class DireConfig:
                               f"{self.image_size}]")
 
     def to_tiny(self) -> "DireConfig":
-        return replace(self, diffusion_model="tiny:ddpm_uncond", classifier="tiny:timm_resnet", image_size=32,
+        return replace(self, model_id="tiny:ddpm_uncond", classifier="tiny:timm_resnet", image_size=32,
                        crop_size=28)
 
 
@@ -182,10 +182,10 @@ class Dire(Detector):
         name = f"local-dir:{_resolve(name)}" if name.startswith("tiny:") else name
         check_timm_name(name)
         try:
-            pipe = DDPMPipeline.from_pretrained(_resolve(config.diffusion_model))
+            pipe = DDPMPipeline.from_pretrained(_resolve(config.model_id))
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"cannot load model.diffusion_model = {config.diffusion_model!r}: {first}") from None
+            raise ConfigError(f"cannot load model.model_id = {config.model_id!r}: {first}") from None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the new 1-logit fc
             classifier = timm.create_model(name, pretrained=config.pretrained, num_classes=1)
@@ -199,7 +199,7 @@ class Dire(Detector):
     # ----------------------------------------------------------------------------------------- DIRE images
     def dire_identity(self) -> dict:
         """What a DIRE image depends on: the diffusion model (name shown, weights hash), the steps, the pixels."""
-        return {"diffusion_model": self.config.diffusion_model, "unet_weights_sha256": self.unet_fingerprint,
+        return {"model_id": self.config.model_id, "unet_weights_sha256": self.unet_fingerprint,
                 "steps": self.config.steps, "preprocess": self.preprocess.key()}
 
     @torch.no_grad()
@@ -259,7 +259,7 @@ class Dire(Detector):
     # ----------------------------------------------------------------------------------------- identity
     def identity(self) -> dict:
         c = self.config
-        return {"detector": self.name, "base_model": c.diffusion_model, "unet_weights_sha256": self.unet_fingerprint,
+        return {"detector": self.name, "base_model": c.model_id, "unet_weights_sha256": self.unet_fingerprint,
                 "steps": c.steps, "classifier": {"class": type(self.classifier).__name__,
                                                  "parameters": sum(p.numel() for p in self.classifier.parameters())}}
 
