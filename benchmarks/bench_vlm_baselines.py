@@ -1,4 +1,4 @@
-"""The InstructBLIP + LoRA and DE-FAKE baselines: side-by-side eval on one base, and DE-FAKE's score() cost.
+"""The InstructBLIP + LoRA, DE-FAKE and DIRE baselines: side by side on one base, score() costs, DIRE's cache.
 
     python benchmarks/bench_vlm_baselines.py            # tiny twins on CPU
 
@@ -10,7 +10,10 @@ In one run, on the same inputs:
     calls are counted;
   * DE-FAKE's `score()` images/s next to the plain transformers CLIP forward it wraps (`get_image_features` +
     `get_text_features` on fixed captions, the same batch), with the BLIP caption cache warm (every caption read
-    from the cache) and cold (BLIP beam search included, a fresh cache each call).
+    from the cache) and cold (BLIP beam search included, a fresh cache each call);
+  * DIRE: one training epoch (forward + backward + Adam step over every batch) reading the DIRE cache against
+    the same epoch recomputing the DIRE images (DDIM inversion + reconstruction) as an uncached run would; and
+    `score()` with a cold cache against the plain diffusers UNet loop (`ddim_reconstruct`) on the same batch.
 """
 from __future__ import annotations
 
@@ -127,6 +130,57 @@ def defake_timing(batch_size: int, iters: int, device: torch.device) -> dict:
             "score_warm_vs_plain": med["warm"] / med["plain"], "score_cold_vs_plain": med["cold"] / med["plain"]}
 
 
+def dire_timing(batch_size: int, batches: int, repeats: int, device: torch.device) -> dict:
+    """A training epoch from the DIRE cache vs recomputing the DIRE images; cold score() vs the plain UNet loop."""
+    from detector.families.dire import Dire, DireConfig, ddim_reconstruct
+
+    with tempfile.TemporaryDirectory() as tmp:
+        det = Dire.from_config(DireConfig(dire_cache=str(Path(tmp) / "dire"), steps=20), device, tiny=True)
+        size = det.preprocess.image_size
+        gen = torch.Generator().manual_seed(0)
+        data = [(torch.rand(batch_size, 3, size, size, generator=gen) * 2 - 1,
+                 torch.randint(0, 2, (batch_size,), generator=gen)) for _ in range(batches)]
+        opt = torch.optim.Adam(det.trainable_parameters(), lr=1e-4)
+
+        def epoch():
+            det.train()
+            for x, y in data:
+                loss = det(x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            det.eval()
+
+        def recompute():
+            det.cache = type(det.cache)(Path(tmp) / f"fresh{time.perf_counter_ns()}", det.dire_identity())
+            epoch()
+
+        epoch()  # fills the cache
+        cached, fresh = [], []
+        for _ in range(repeats):
+            for fn, out in ((epoch, cached), (recompute, fresh)):
+                start = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - start)
+        det.cache = type(det.cache)(Path(tmp) / "main", det.dire_identity())
+        x = data[0][0]
+        plain, cold = [], []
+        for i in range(repeats):
+            start = time.perf_counter()
+            ddim_reconstruct(det.unet, det.scheduler_config, x, det.config.steps)
+            plain.append(time.perf_counter() - start)
+            det.cache = type(det.cache)(Path(tmp) / f"cold{i}", det.dire_identity())
+            start = time.perf_counter()
+            det.score(x)
+            cold.append(time.perf_counter() - start)
+    c, f = statistics.median(cached), statistics.median(fresh)
+    p, s = statistics.median(plain), statistics.median(cold)
+    return {"images_per_epoch": batch_size * batches, "image_size": size, "steps": 20,
+            "epoch_from_cache_s": c, "epoch_recomputing_s": f, "cache_speedup": f / c,
+            "score_cold_images_per_s": batch_size / s, "plain_unet_loop_images_per_s": batch_size / p,
+            "score_cold_vs_plain": s / p}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", type=int, default=3, help="checkpoints of each kind in the side-by-side eval")
@@ -142,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     out = {"side_by_side": side_by_side_timing(args.checkpoints, args.eval_images, args.batch_size, args.eval_size,
                                                args.repeats, device),
-           "defake": defake_timing(args.batch_size, args.iters, device)}
+           "defake": defake_timing(args.batch_size, args.iters, device),
+           "dire": dire_timing(args.batch_size, 4, args.repeats, device)}
     s, d = out["side_by_side"], out["defake"]
     print(f"side by side, {args.checkpoints} AntifakePrompt + {args.checkpoints} LoRA checkpoints on one base, "
           f"{s['images']} images: {s['side_by_side_s']:.2f} s vs one after another {s['one_by_one_s']:.2f} s "
@@ -152,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DE-FAKE score(), batch {d['batch']}: {ips['warm']:.0f} img/s with cached captions, {ips['cold']:.0f} img/s "
           f"captioning with BLIP; plain CLIP image + text forward {ips['plain']:.0f} img/s "
           f"(score/plain time: x{d['score_warm_vs_plain']:.2f} warm, x{d['score_cold_vs_plain']:.2f} cold)")
+    r = out["dire"]
+    print(f"DIRE ({r['steps']} DDIM steps each way), a training epoch of {r['images_per_epoch']} images: "
+          f"{r['epoch_from_cache_s']:.2f} s from the cache vs {r['epoch_recomputing_s']:.2f} s recomputing the DIRE "
+          f"images (x{r['cache_speedup']:.1f}); score() with a cold cache {r['score_cold_images_per_s']:.1f} img/s vs "
+          f"the plain UNet loop {r['plain_unet_loop_images_per_s']:.1f} img/s (x{r['score_cold_vs_plain']:.2f} time)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0 if s["scores_identical"] else 1
