@@ -175,3 +175,36 @@ def test_beside_antifakeprompt_the_vision_encoder_runs_once_per_batch(run, data,
         score_sets([alone], specs, batch_size=16, progress=False)
         assert [r.scores for r in e.results] == [r.scores for r in alone.results], path
     assert entries[0].results[0].scores != entries[1].results[0].scores  # trained vs init differ
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(run, data, tmp_path):
+    """SIGKILL after epoch 1, then --resume: the adapter equals the uninterrupted run's (AdamW state, schedule and
+    data order restored)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import train
+
+    out = tmp_path / "run"
+    state = out / "last" / "training_state.pt"
+    args = ["--config", "instructblip_lora", "--tiny", "--out", str(out), "--set", f"data.train=[{data['train']}]",
+            "--set", f"data.val=[{data['val']}]"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(Path(train.__file__)), *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not state.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.is_file(), proc.stderr.read().decode()[-2000:]
+    assert torch.load(state, weights_only=True)["epoch"] == 1, "the kill came too late to interrupt epoch 2"
+    assert train.main([*args, "--resume"]) == 0
+    resumed = load_file(str(out / "last" / "weights.safetensors"))
+    straight = load_file(str(run["out"] / "last" / "weights.safetensors"))
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.allclose(resumed[key], straight[key], atol=1e-6), key
