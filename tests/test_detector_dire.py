@@ -147,3 +147,36 @@ def test_config_errors_are_one_line_before_any_model_loads(data, tmp_path, capsy
         assert train.main(args) == 2, extra
         err = capsys.readouterr().err
         assert words in err and "no_such_unet" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(run, data, tmp_path):
+    """SIGKILL after epoch 1, then --resume (the DIRE cache shared): the classifier, BatchNorm statistics included,
+    equals the uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import train
+
+    out = tmp_path / "run"
+    state = out / "last" / "training_state.pt"
+    args = ["--config", "dire", "--tiny", "--out", str(out), "--set", f"data.train=[{data['train']}]",
+            "--set", f"data.val=[{data['val']}]", "--set", f"model.dire_cache={run['cache']}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(Path(train.__file__)), *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not state.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.is_file(), proc.stderr.read().decode()[-2000:]
+    assert torch.load(state, weights_only=True)["epoch"] == 1, "the kill came too late to interrupt epoch 2"
+    assert train.main([*args, "--resume"]) == 0
+    resumed = load_file(str(out / "last" / "weights.safetensors"))
+    straight = load_file(str(run["out"] / "last" / "weights.safetensors"))
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.allclose(resumed[key].float(), straight[key].float(), atol=1e-5), key
