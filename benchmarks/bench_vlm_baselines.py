@@ -119,7 +119,7 @@ def defake_timing(batch_size: int, iters: int, device: torch.device) -> dict:
 
         times: dict[str, list[float]] = {"plain": [], "warm": [], "cold": []}
         for i in range(iters + 1):
-            for name, fn in (("plain", plain), ("warm", warm), ("cold", lambda: cold_dets[i].score(x))):
+            for name, fn in (("plain", plain), ("warm", warm), ("cold", lambda i=i: cold_dets[i].score(x))):
                 start = time.perf_counter()
                 fn()
                 if i:

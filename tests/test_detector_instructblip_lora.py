@@ -142,7 +142,7 @@ def test_config_errors_are_one_line_before_any_model_loads(data, tmp_path, capsy
 def test_beside_antifakeprompt_the_vision_encoder_runs_once_per_batch(run, data, tiny_dir, tmp_path):
     """Two LoRA checkpoints load ONE base; with an AntifakePrompt checkpoint on the same base and preprocessing,
     the vision encoder runs once per batch for all three, and each scores as it does alone."""
-    import torch.nn as nn
+    from torch import nn
 
     from detector.antifakeprompt import AntifakePrompt, AntifakePromptConfig
     from detector.checkpoint import save_checkpoint

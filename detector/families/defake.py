@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 CAPTION_CACHE_VERSION = 1
-__all__ = ["DeFake", "DeFakeConfig", "ClipPair", "BlipCaptioner", "CaptionCache", "build_head"]
+__all__ = ["BlipCaptioner", "CaptionCache", "ClipPair", "DeFake", "DeFakeConfig", "build_head"]
 
 
 @dataclass
@@ -91,7 +91,7 @@ class DeFakeConfig:
         if not self.lr > 0:
             raise ConfigError(f"model.lr = {self.lr} must be positive")
 
-    def to_tiny(self) -> "DeFakeConfig":
+    def to_tiny(self) -> DeFakeConfig:
         return replace(self, backbone="tiny:hf_clip", captioner="tiny:blip_captioner", dtype="float32")
 
 
@@ -123,7 +123,7 @@ class ClipPair(nn.Module):
         super().__init__()
         self.spec, self.model, self.tokenizer = spec, model, processor.tokenizer
         ip = processor.image_processor
-        crop = ip.crop_size if isinstance(ip.crop_size, dict) else {"height": getattr(ip.crop_size, "height")}
+        crop = ip.crop_size if isinstance(ip.crop_size, dict) else {"height": ip.crop_size.height}
         # the official test path: resize to 224 x 224, then CLIP's bicubic resize + crop (a no-op) and mean/std
         self.preprocess = Preprocess(image_size=int(crop["height"]), resize="square", interpolation="bicubic",
                                      mean=list(ip.image_mean), std=list(ip.image_std), train_augment="none",
@@ -137,7 +137,7 @@ class ClipPair(nn.Module):
         model.eval()
 
     @classmethod
-    def load(cls, spec: str, device=None, dtype: str = "auto") -> "ClipPair":
+    def load(cls, spec: str, device=None, dtype: str = "auto") -> ClipPair:
         from transformers import CLIPModel, CLIPProcessor
 
         model = _load("CLIP", "backbone", spec, lambda p: CLIPModel.from_pretrained(p, dtype=torch.float32))
@@ -154,7 +154,7 @@ class ClipPair(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def train(self, mode: bool = True) -> "ClipPair":
+    def train(self, mode: bool = True) -> ClipPair:
         return super().train(False)
 
     @torch.no_grad()
@@ -182,7 +182,7 @@ class BlipCaptioner(nn.Module):
         self.calls = 0  # images captioned by the model (not from the cache)
 
     @classmethod
-    def load(cls, config: DeFakeConfig, device=None) -> "BlipCaptioner":
+    def load(cls, config: DeFakeConfig, device=None) -> BlipCaptioner:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
         spec = config.captioner
@@ -192,7 +192,7 @@ class BlipCaptioner(nn.Module):
         device = pick_device(device)
         return cls(spec, model, processor, config).to(device=device, dtype=pick_dtype(config.dtype, device))
 
-    def train(self, mode: bool = True) -> "BlipCaptioner":
+    def train(self, mode: bool = True) -> BlipCaptioner:
         return super().train(False)
 
     def identity(self) -> dict:
@@ -323,7 +323,7 @@ class DeFake(FeatureDetector):
         self.eval()
 
     @classmethod
-    def from_config(cls, config: DeFakeConfig, device=None, tiny: bool = False) -> "DeFake":
+    def from_config(cls, config: DeFakeConfig, device=None, tiny: bool = False) -> DeFake:
         if tiny:
             config = config.to_tiny()
         config.validate()

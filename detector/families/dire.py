@@ -39,7 +39,7 @@ DEFAULT_DIFFUSION = "google/ddpm-bedroom-256"
 DIRE_CACHE_VERSION = 1
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-__all__ = ["Dire", "DireConfig", "DireCache", "ddim_reconstruct"]
+__all__ = ["Dire", "DireCache", "DireConfig", "ddim_reconstruct"]
 
 
 @dataclass
@@ -64,7 +64,7 @@ class DireConfig:
             raise ConfigError(f"model.crop_size = {self.crop_size} must be within [1, model.image_size = "
                               f"{self.image_size}]")
 
-    def to_tiny(self) -> "DireConfig":
+    def to_tiny(self) -> DireConfig:
         return replace(self, model_id="tiny:ddpm_uncond", classifier="tiny:timm_resnet", image_size=32,
                        crop_size=28)
 
@@ -113,7 +113,7 @@ class DireCache:
         return self.folder / key[:2] / f"{key}.safetensors"
 
     def read(self, key: str) -> torch.Tensor | None:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         path = self.path(key)
         if not path.is_file():
@@ -122,7 +122,7 @@ class DireCache:
             with safe_open(str(path), framework="pt") as fh:
                 same = (fh.metadata() or {}).get("identity") == self.identity
                 tensor = fh.get_tensor("dire") if same else None
-        except Exception as exc:  # safetensors raises its own error types for damaged files
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             reason = f"unreadable ({type(exc).__name__}: cut short?)"
         else:
             if tensor is not None:
@@ -169,7 +169,7 @@ class Dire(Detector):
         self.eval()
 
     @classmethod
-    def from_config(cls, config: DireConfig, device=None, tiny: bool = False) -> "Dire":
+    def from_config(cls, config: DireConfig, device=None, tiny: bool = False) -> Dire:
         import timm
         from diffusers import DDPMPipeline
 
@@ -191,7 +191,7 @@ class Dire(Detector):
             classifier = timm.create_model(name, pretrained=config.pretrained, num_classes=1)
         return cls(config, pipe.unet, pipe.scheduler.config, classifier).to(pick_device(device))
 
-    def train(self, mode: bool = True) -> "Dire":
+    def train(self, mode: bool = True) -> Dire:
         super().train(mode)
         self.unet.eval()
         return self

@@ -85,7 +85,7 @@ class InstructBlipLoraConfig:
         if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
             raise ConfigError(f"model.target_modules = {self.target_modules} must name at least one module")
 
-    def to_tiny(self) -> "InstructBlipLoraConfig":
+    def to_tiny(self) -> InstructBlipLoraConfig:
         """The same detector on the tiny InstructBLIP twin (`--tiny`): no separate LLM weights, float32."""
         return replace(self, model_id="tiny:instructblip", llm_id=None, dtype="float32")
 
@@ -194,7 +194,7 @@ class InstructBlipLora(AntifakePrompt):
 
     # ----------------------------------------------------------------------------------------- training
     @classmethod
-    def check_train_config(cls, cfg: "TrainConfig") -> None:
+    def check_train_config(cls, cfg: TrainConfig) -> None:
         Detector.check_train_config.__func__(cls, cfg)  # AntifakePrompt's refuses zero-shot prompts; this one trains
 
     def enable_gradient_checkpointing(self) -> None:
@@ -208,7 +208,7 @@ class InstructBlipLora(AntifakePrompt):
 
     @classmethod
     def load(cls, path: str | Path, device=None, tiny: bool = False,
-             model_overrides: dict | None = None) -> "InstructBlipLora":
+             model_overrides: dict | None = None) -> InstructBlipLora:
         from detector.io import load_generic
 
         return load_generic(cls, path, device, tiny, model_overrides)

@@ -28,11 +28,11 @@ def build_hf_clip(out_dir: Path, seed: int = 0) -> None:
     tok = clip_tokenizer()
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tok.bos_token_id,
+                         "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
+        vision_config={"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
         projection_dim=32)
     CLIPModel(config).save_pretrained(out_dir)
     image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
@@ -51,12 +51,12 @@ def build_blip_captioner(out_dir: Path, seed: int = 0) -> None:
     tok = bert_tokenizer()
     torch.manual_seed(seed)
     config = BlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=128,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id),
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE},
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "encoder_hidden_size": 32, "max_position_embeddings": 128,
+                         "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                         "sep_token_id": tok.sep_token_id, "eos_token_id": tok.sep_token_id},
         projection_dim=32)
     model = BlipForConditionalGeneration(config)
     model.generation_config.pad_token_id = tok.pad_token_id
