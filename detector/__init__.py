@@ -21,5 +21,11 @@ DETECTORS.register("cnnspot", "detector.families.cnnspot:CNNSpot",
                    "CNNSpot (Wang 2020): ImageNet ResNet-50 + 1 logit, trained end to end, 23.51M trainable")
 DETECTORS.register("npr", "detector.families.npr:NPR",
                    "NPR (Tan 2024): neighbouring-pixel residual into ResNet-50 stem + layer1-2, 1.44M trainable")
+DETECTORS.register("instructblip_lora", "detector.families.instructblip_lora:InstructBlipLora",
+                   "InstructBLIP + LoRA (r 8 on the LLM's q_proj/v_proj): AntifakePrompt's ablation row, 4.19M trainable")
+DETECTORS.register("defake", "detector.families.defake:DeFake",
+                   "DE-FAKE: frozen CLIP ViT-B/32 image + caption embeddings (BLIP captions at test) -> MLP 1024-512-256-2")
+DETECTORS.register("dire", "detector.families.dire:Dire",
+                   "DIRE: |x - DDIM reconstruction| (20 steps, unconditional UNet2DModel) -> ResNet-50, 23.5M trainable")
 
 __all__ = ["DETECTORS"]

@@ -128,6 +128,7 @@ class Detector(nn.Module):
     min_train_batch: ClassVar[int] = 1  # a trainer skips smaller training batches (BatchNorm needs 2)
     data_statistics: ClassVar[bool] = False  # data.mean/std (or measured training-set statistics) normalise inputs
     resizable_input: ClassVar[bool] = False  # data.image_size sets the input size
+    needs_caption: ClassVar[bool] = False  # features()/score() take `captions` (the shard json's caption per sample)
 
     def __init__(self, config: Any, preprocess: Preprocess):
         super().__init__()

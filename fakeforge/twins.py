@@ -52,6 +52,14 @@ TWINS.register("surrogate_resnet50", "fakeforge.tiny.attack_twins:build_surrogat
 TWINS.register("issba_stegastamp", "fakeforge.tiny.attack_twins:build_issba_stegastamp",
                "StegaStamp encoder/decoder for ISSBA, briefly trained so the code is recoverable")
 
+# DE-FAKE: two-tower CLIP and BLIP captioner
+TWINS.register("hf_clip", "fakeforge.tiny.defake_twins:build_hf_clip",
+               "transformers CLIPModel (image + text towers) + CLIPProcessor (CLIP ViT-B/32 layout)")
+TWINS.register("blip_captioner", "fakeforge.tiny.defake_twins:build_blip_captioner",
+               "transformers BlipForConditionalGeneration + BlipProcessor (BLIP captioner)")
+TWINS.register("ddpm_uncond", "fakeforge.tiny.dire_twins:build_ddpm_uncond",
+               "diffusers DDPMPipeline with an unconditional UNet2DModel (DIRE's diffusion model)")
+
 MARKER = "fakeforge_tiny.json"
 
 

@@ -78,8 +78,10 @@ def test_every_config_parses_with_and_without_tiny():
         cfg = load_train_config(name, ["data.train=[x]"])
         tiny = load_train_config(name, ["data.train=[x]"], tiny=True)
         assert cfg.detector == tiny.detector and cfg.description, name
-        model_id = tiny.model.model_id if cfg.detector == "antifakeprompt" else tiny.model.backbone
+        model_id = getattr(tiny.model, "model_id", None) or tiny.model.backbone
         assert model_id.startswith("tiny:"), name
+        for extra in ("captioner", "classifier"):  # DE-FAKE's BLIP, DIRE's ResNet
+            assert str(getattr(tiny.model, extra, "tiny:")).startswith("tiny:"), (name, extra)
     dfa = load_train_config("deepfake_adapter", ["data.train=[x]"])
     assert (dfa.optim.name, dfa.optim.lr, dfa.optim.blr, dfa.optim.warmup_epochs, dfa.train.epochs) == \
         ("sgd", None, 0.1, 15, 100)

@@ -103,23 +103,26 @@ def set_fingerprint(spec: SetSpec) -> str:
 
 
 # ------------------------------------------------------------------------------------------- extraction
-def _decode_shard_sample(sample: dict) -> tuple[str, object, int | None, int, str | None]:
+def _decode_shard_sample(sample: dict) -> tuple[str, object, int | None, int, str | None, str | None]:
     key = str(sample.get("__key__"))
     try:
         key, img, label = decode_sample(sample)
         meta = sample.get("json")
         meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
-        return key, img, label, group_id(meta.get("source_image_id")), None
+        caption = meta.get("caption")
+        caption = caption if isinstance(caption, str) and caption.strip() else None
+        return key, img, label, group_id(meta.get("source_image_id")), None, caption
     except (ValueError, KeyError, ImageLoadError) as exc:
-        return key, None, None, -1, str(exc)
+        return key, None, None, -1, str(exc), None
 
 
 def iter_set_items(spec: SetSpec, workers: int = 4, window: int = 64) -> Iterator[tuple]:
-    """(key, PIL image or None, label or None, group, error or None) for every item of a set, in order.
-    Shard samples are decoded by `workers` threads, `window` at a time; bad items carry their error."""
+    """(key, PIL image or None, label or None, group, error or None, caption or None) for every item of a set, in
+    order (the caption: the shard json's `caption`). Shard samples are decoded by `workers` threads, `window` at a
+    time; bad items carry their error."""
     if spec.kind == "folder":
         for key, img, label, err in iter_set_images(spec, split_nodes=False):
-            yield key, img, label, -1, err
+            yield key, img, label, -1, err, None
         return
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending: list[dict] = []
@@ -134,19 +137,23 @@ def iter_set_items(spec: SetSpec, workers: int = 4, window: int = 64) -> Iterato
 @torch.no_grad()
 def extract_features(detector: FeatureDetector, spec: SetSpec, batch_size: int = 64, workers: int = 4,
                      progress: bool = False) -> FeatureSet:
-    """Run the detector's backbone over every readable image of a set (eval preprocessing, batched)."""
+    """Run the detector's backbone over every readable image of a set (eval preprocessing, batched). Detectors with
+    `needs_caption` get each sample's stored caption (None where it has none): `features(pixels, captions=...)`."""
     from tqdm import tqdm
 
     transform = detector.preprocess.transform(train=False)
     feats, labels, groups, keys, errors = [], [], [], [], []
     batch: list[torch.Tensor] = []
+    captions: list[str | None] = []
 
     def flush():
         if batch:
-            feats.append(detector.features(torch.stack(batch)).cpu())
+            extra = {"captions": list(captions)} if getattr(detector, "needs_caption", False) else {}
+            feats.append(detector.features(torch.stack(batch), **extra).cpu())
             batch.clear()
+            captions.clear()
 
-    for key, img, label, group, err in tqdm(iter_set_items(spec, workers), desc=f"features {spec.name}",
+    for key, img, label, group, err, caption in tqdm(iter_set_items(spec, workers), desc=f"features {spec.name}",
                                             unit="img", disable=not progress or None):
         if err is None and label is None:
             err = "no label"
@@ -155,6 +162,7 @@ def extract_features(detector: FeatureDetector, spec: SetSpec, batch_size: int =
             log.warning("skipped %s: %s", key, err)
             continue
         batch.append(transform(img))
+        captions.append(caption)
         keys.append(key)
         labels.append(int(label))
         groups.append(int(group))
