@@ -105,5 +105,9 @@ def generator_config(raw: dict, tiny: bool = False, tiny_root: str | Path | None
         TWINS.check(cfg.tiny_twin)
         root = Path(tiny_root) if tiny_root else default_root()
         cfg.model_id = str(root / cfg.tiny_twin)
+    if tiny and getattr(cfg, "lora", None):
+        from generators.diffusers_options import swap_tiny_loras
+
+        swap_tiny_loras(cfg.lora, tiny_root)
     cfg.check()
     return cls, cfg

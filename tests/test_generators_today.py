@@ -1,0 +1,131 @@
+"""Today's generator presets (FLUX, SD3.5, PixArt-Sigma, turbo, SDXL + refiner, Kandinsky 2.2, Sana, LCM-LoRA)
+on their tiny twins, and the options every diffusers generator takes: LoRA adapters, memory, compile, dtypes."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from fakeforge.config import ConfigError
+from fakeforge.tiny import build_tiny
+from generators import generator_config, load_preset
+from generators.base import GenRequest
+from generators.diffusers_options import LoraMismatchError
+
+TODAY = ["flux_schnell", "flux_dev", "sd35_large", "sd35_large_turbo", "sd35_medium", "pixart_sigma", "sd_turbo",
+         "sdxl_turbo", "sdxl_refiner", "kandinsky22", "sana", "lcm_sd15", "lcm_sdxl"]
+
+# (steps, guidance) each preset carries for real weights: the model cards' recommended settings
+CARD = {"flux_schnell": (4, 0.0), "flux_dev": (50, 3.5), "sd35_large": (28, 3.5), "sd35_large_turbo": (4, 0.0),
+        "sd35_medium": (40, 4.5), "pixart_sigma": (20, 4.5), "sd_turbo": (1, 0.0), "sdxl_turbo": (1, 0.0),
+        "kandinsky22": (100, 4.0), "sana": (20, 4.5), "lcm_sd15": (4, 1.0), "lcm_sdxl": (4, 1.0)}
+
+
+def _gen(raw, tiny_dir):
+    build_tiny(raw["tiny_twin"], tiny_dir)
+    cls, cfg = generator_config(raw, tiny=True, tiny_root=tiny_dir)
+    gen = cls(cfg, device="cpu")
+    gen.load()
+    return gen
+
+
+def _requests(n):
+    return [GenRequest(key=f"k{i}", prompt=f"a red cat number {i}", seed=i) for i in range(n)]
+
+
+def _arr(result):
+    assert result.error is None, result.error
+    return np.asarray(result.image, dtype=np.int16)
+
+
+@pytest.mark.parametrize("preset", TODAY)
+def test_preset_makes_images_on_its_twin(preset, tiny_dir):
+    gen = _gen(load_preset(preset), tiny_dir)
+    results = gen.generate_safe(_requests(2))
+    a, b = (_arr(r) for r in results)
+    assert a.shape == b.shape == (64, 64, 3)
+    assert np.abs(a - b).mean() > 0.5, "different seeds must give different images"
+    again = _arr(gen.generate_safe(_requests(2)[1:])[0])
+    assert np.abs(again - b).max() <= 2, "a sample depends on its own seed, not on its batch"
+
+
+def test_presets_carry_the_model_cards_settings():
+    for name, (steps, guidance) in CARD.items():
+        raw = load_preset(name)
+        assert (raw["num_inference_steps"], raw["guidance_scale"]) == (steps, guidance), name
+    assert load_preset("lcm_sd15")["scheduler"] == load_preset("lcm_sdxl")["scheduler"] == "LCMScheduler"
+    refiner = {s["name"]: s for s in load_preset("sdxl_refiner")["stages"]}
+    assert refiner["refiner"]["pipeline"] == "StableDiffusionXLImg2ImgPipeline"
+    _, cfg = generator_config(load_preset("flux_dev"))  # real settings validate without loading weights
+    assert cfg.call_kwargs == {"max_sequence_length": 512} and cfg.height == 1024
+
+
+def test_lora_is_fused_scaled_and_recorded(tiny_dir):
+    raw = load_preset("lcm_sd15")
+    with_lora = _gen(raw, tiny_dir)
+    base = _gen(dict(raw, lora=[]), tiny_dir)
+    zero = _gen(dict(raw, lora=[dict(raw["lora"][0], scale=0.0)]), tiny_dir)
+    unfused = _gen(dict(raw, fuse_lora=False), tiny_dir)
+    req = _requests(1)
+    img, plain = _arr(with_lora.generate_safe(req)[0]), _arr(base.generate_safe(req)[0])
+    assert np.abs(img - plain).mean() > 1.0, "the LoRA must change the images"
+    assert np.abs(_arr(zero.generate_safe(req)[0]) - plain).max() <= 2, "scale 0 = the base model"
+    assert np.abs(_arr(unfused.generate_safe(req)[0]) - img).max() <= 2, "fusing must not change the images"
+    assert not with_lora.pipe.get_list_adapters(), "fused adapters are unloaded (no per-step LoRA layers)"
+    rec = with_lora.settings()["lora"]
+    assert rec == [{"id": "tiny-twin:lcm_lora_sd15", "weight_name": "pytorch_lora_weights.safetensors",
+                    "scale": 1.0, "adapter": "lora_0", "fused": True}]
+    assert type(with_lora.pipe.scheduler).__name__ == "LCMScheduler"
+
+
+def test_lora_that_does_not_fit_its_base_names_both_ids(tiny_dir):
+    raw = load_preset("lcm_sd15")
+    raw = dict(raw, lora=[{"id": "latent-consistency/lcm-lora-sdxl", "tiny_twin": "lcm_lora_sdxl",
+                           "weight_name": "pytorch_lora_weights.safetensors"}])
+    with pytest.raises(LoraMismatchError) as err:
+        _gen(raw, tiny_dir)
+    msg = str(err.value)
+    assert "lcm_lora_sdxl" in msg and "sd15" in msg and "does not fit base model" in msg and "\n" not in msg
+
+
+def test_bad_options_fail_before_loading():
+    raw = load_preset("sd_turbo")
+    with pytest.raises(ConfigError, match=r"'generator.memory.offload' = 'gpu' is not one of"):
+        generator_config(dict(raw, memory={"offload": "gpu"}))
+    with pytest.raises(ConfigError, match=r"generator.dtypes.vae = 'float8'"):
+        generator_config(dict(raw, dtypes={"vae": "float8"}))
+    with pytest.raises(ConfigError, match=r"lora.scale = 99"):
+        generator_config(dict(raw, lora=[{"id": "x", "scale": 99}]))
+    with pytest.raises(ConfigError, match="adapter names must be unique"):
+        generator_config(dict(raw, lora=[{"id": "x"}, {"id": "y", "adapter_name": "lora_0"}]))
+
+
+def test_memory_options_apply_or_are_recorded_as_unused_on_cpu(tiny_dir, caplog):
+    raw = dict(load_preset("sd_turbo"), memory={"offload": "model", "vae_tiling": True, "vae_slicing": True,
+                                                "attention_slicing": True})
+    plain = _gen(load_preset("sd_turbo"), tiny_dir)
+    with caplog.at_level(logging.INFO, logger="generators.diffusers_options"):
+        gen = _gen(raw, tiny_dir)
+        _gen(raw, tiny_dir)
+    notes = [r.getMessage() for r in caplog.records if "memory.offload" in r.getMessage()]
+    assert len(notes) <= 1 and all("unused on device 'cpu'" in n for n in notes)
+    settings = gen.settings()
+    assert settings["memory_unused"] == ["offload=model"]
+    assert settings["memory_applied"] == ["vae_tiling", "vae_slicing", "attention_slicing"]
+    assert settings["memory"]["offload"] == "model"  # the resolved config keeps what was asked for
+    assert gen.pipe.vae.use_tiling and gen.pipe.vae.use_slicing and gen.pipe.device.type == "cpu"
+    req = _requests(2)
+    for a, b in zip(gen.generate_safe(req), plain.generate_safe(req)):
+        assert np.abs(_arr(a) - _arr(b)).max() <= 2, "memory options must not change the images"
+
+
+def test_compile_and_component_dtypes(tiny_dir):
+    gen = _gen(dict(load_preset("flux_schnell"), compile=True, dtypes={"vae": "bfloat16"}), tiny_dir)
+    import torch
+
+    assert gen.pipe.transformer._compiled_call_impl is not None  # torch.compile'd in place, class kept
+    assert gen.settings()["compiled"] == "transformer"
+    assert gen.pipe.vae.dtype == torch.bfloat16 and gen.pipe.transformer.dtype == torch.float32
+    with pytest.raises(ConfigError, match="has no model component 'unet'"):
+        _gen(dict(load_preset("flux_schnell"), dtypes={"unet": "float16"}), tiny_dir)
