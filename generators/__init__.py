@@ -31,6 +31,8 @@ GENERATORS.register("download", "generators.download:DownloadedImage",
                     "a downloaded set plugged in as is (label from the source: DALLE, DiffusionDB, DFDC, ...)")
 GENERATORS.register("stylegan_xl", "generators.stylegan_xl:StyleGANXLGenerator",
                     "StyleGAN-XL class-conditional ImageNet generator (official network pickles, read safely)")
+GENERATORS.register("reconstruct", "generators.reconstruct:Reconstruct",
+                    "the real image reconstructed (VAE round trip, DRCT empty-mask inpainting, img2img), same size")
 GENERATORS.register("attack", "generators.attack:AttackGenerator",
                     "adversarial / backdoor / poisoning attack of the real image (presets in configs/attacks/)")
 
