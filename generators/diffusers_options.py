@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from fakeforge.config import ConfigError
+from generators.base import ModelFault
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ _DTYPES = ("float32", "float16", "bfloat16")
 _noted: set[str] = set()
 
 
-class LoraMismatchError(ConfigError):
+class LoraMismatchError(ModelFault):
     """A LoRA adapter that cannot be applied to its base model (the message names both ids)."""
+
+    fault_class = "lora_mismatch"
 
 
 @dataclass

@@ -129,3 +129,55 @@ def test_compile_and_component_dtypes(tiny_dir):
     assert gen.pipe.vae.dtype == torch.bfloat16 and gen.pipe.transformer.dtype == torch.float32
     with pytest.raises(ConfigError, match="has no model component 'unet'"):
         _gen(dict(load_preset("flux_schnell"), dtypes={"unet": "float16"}), tiny_dir)
+
+
+def _build(tmp_path, sets, tiny_dir):
+    from builder_helpers import write_build_config
+
+    from fakeforge.cli import main as cli_main
+
+    cfg = write_build_config(tmp_path / "c.yaml", tmp_path / "out", sets, {"kind": "demo", "limit": 2})
+    return cli_main(["build", "--config", str(cfg), "--tiny", "--tiny-dir", tiny_dir, "--no-progress"])
+
+
+def test_lora_set_builds_verified_shards_recording_the_adapter(tmp_path, tiny_dir):
+    import json
+    import tarfile
+
+    from fakeforge.shards.verify import verify_dataset
+
+    assert _build(tmp_path, [{"name": "lcm", "generator": "lcm_sd15"}], tiny_dir) == 0
+    assert verify_dataset(tmp_path / "out")["sets"] == {"lcm": 2}
+    with tarfile.open(tmp_path / "out" / "lcm" / "000000.tar") as tf:
+        metas = [json.loads(tf.extractfile(m).read()) for m in tf if m.name.endswith(".json")]
+    assert len(metas) == 2
+    for meta in metas:
+        assert meta["settings"]["lora"][0]["id"] == "tiny-twin:lcm_lora_sd15"
+        assert meta["settings"]["lora"][0]["scale"] == 1.0 and meta["settings"]["scheduler"] == "LCMScheduler"
+
+
+def test_lora_mismatch_is_the_sets_one_line_failure_naming_both_ids(tmp_path, tiny_dir, capsys):
+    bad = {"preset": "lcm_sd15", "lora": [{"id": "latent-consistency/lcm-lora-sdxl", "tiny_twin": "lcm_lora_sdxl"}]}
+    assert _build(tmp_path, [{"name": "lcm", "generator": bad}], tiny_dir) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fakeforge build: error: set 'lcm': lora_mismatch: LoRA '")
+    assert "lcm_lora_sdxl" in err[0] and "sd15" in err[0]
+
+
+def test_memory_options_keep_the_set_hash_and_a_lora_changes_it(tmp_path, tiny_dir):
+    import yaml
+
+    from fakeforge.build.config import resolve_build, set_settings
+
+    def settings(gen):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "source": {"kind": "demo", "limit": 2},
+                                        "sets": [{"name": "s", "generator": gen}]}))
+        resolved = resolve_build(str(path), [], tiny=True, tiny_root=tiny_dir)
+        return set_settings(resolved.sets[0], resolved.config, True)
+
+    plain = settings("sd_turbo")
+    assert settings({"preset": "sd_turbo", "memory": {"offload": "model", "vae_tiling": True}, "compile": True}) == plain
+    assert "lora" not in plain["generator"], "no LoRA: the hash of sets built before LoRA support is unchanged"
+    with_lora = settings({"preset": "sd_turbo", "lora": [{"id": "x/y", "tiny_twin": "lcm_lora_sd15"}]})
+    assert with_lora != plain and with_lora["generator"]["lora"][0]["id"] == "tiny-twin:lcm_lora_sd15"
