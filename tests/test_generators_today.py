@@ -181,3 +181,13 @@ def test_memory_options_keep_the_set_hash_and_a_lora_changes_it(tmp_path, tiny_d
     assert "lora" not in plain["generator"], "no LoRA: the hash of sets built before LoRA support is unchanged"
     with_lora = settings({"preset": "sd_turbo", "lora": [{"id": "x/y", "tiny_twin": "lcm_lora_sd15"}]})
     assert with_lora != plain and with_lora["generator"]["lora"][0]["id"] == "tiny-twin:lcm_lora_sd15"
+
+
+def test_cascade_stages_take_the_memory_options(tiny_dir):
+    raw = dict(load_preset("sdxl_refiner"), memory={"offload": "sequential", "vae_slicing": True})
+    gen = _gen(raw, tiny_dir)
+    assert all(p.vae.use_slicing for p in gen.pipes.values())
+    stages = gen.settings()["stage_options"]
+    assert set(stages) == {"base", "refiner"}
+    assert all(s["memory_unused"] == ["offload=sequential"] and s["memory_applied"] == ["vae_slicing"]
+               for s in stages.values())
