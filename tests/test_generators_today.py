@@ -191,3 +191,20 @@ def test_cascade_stages_take_the_memory_options(tiny_dir):
     assert set(stages) == {"base", "refiner"}
     assert all(s["memory_unused"] == ["offload=sequential"] and s["memory_applied"] == ["vae_slicing"]
                for s in stages.values())
+
+
+def test_twins_keep_the_architecture_traits_their_presets_depend_on(tiny_dir):
+    import json
+    from pathlib import Path
+
+    def config(twin, part):
+        return json.loads((Path(build_tiny(twin, tiny_dir)) / part / "config.json").read_text())
+
+    assert config("flux_dev", "transformer")["guidance_embeds"] is True
+    assert config("flux_schnell", "transformer")["guidance_embeds"] is False
+    assert config("sd35_large", "transformer")["qk_norm"] == "rms_norm"
+    assert list(config("sd35_medium", "transformer")["dual_attention_layers"]) == [0]
+    refiner = json.loads((Path(build_tiny("sdxl_refiner", tiny_dir)) / "refiner" / "model_index.json").read_text())
+    assert refiner["requires_aesthetics_score"] is True and refiner["text_encoder"] == [None, None]
+    index = json.loads((Path(build_tiny("kandinsky22", tiny_dir)) / "model_index.json").read_text())
+    assert index["_class_name"] == "KandinskyV22CombinedPipeline"
