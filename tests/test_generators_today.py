@@ -208,3 +208,17 @@ def test_twins_keep_the_architecture_traits_their_presets_depend_on(tiny_dir):
     assert refiner["requires_aesthetics_score"] is True and refiner["text_encoder"] == [None, None]
     index = json.loads((Path(build_tiny("kandinsky22", tiny_dir)) / "model_index.json").read_text())
     assert index["_class_name"] == "KandinskyV22CombinedPipeline"
+
+
+def test_validate_checks_lora_ids_like_model_ids(tmp_path, monkeypatch):
+    from fakeforge.build.validate import model_id_checks
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    _, cfg = generator_config(dict(load_preset("lcm_sd15"), model_id=str(tmp_path)))
+    problems, _ = model_id_checks("generator", cfg, tiny=False)
+    assert problems == [p for p in problems if "generator.lora.0.id = 'latent-consistency/lcm-lora-sdv1-5'" in p]
+    assert len(problems) == 1 and "not in the local hub cache" in problems[0]
+    _, cfg = generator_config(load_preset("lcm_sd15"), tiny=True, tiny_root=str(tmp_path / "twins"))
+    problems, notes = model_id_checks("generator", cfg, tiny=True)
+    assert not problems and any("lora.0.id = tiny twin 'lcm_lora_sd15'" in n for n in notes)
