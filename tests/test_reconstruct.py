@@ -12,7 +12,7 @@ from generators import generator_config, load_preset
 from generators.base import GenRequest
 from generators.reconstruct import pad_to_multiple
 
-PRESETS = ["vae_sd2", "dr_sd15", "dr_sd2", "sd2_img2img_rec"]
+PRESETS = ["vae_sd2", "dr_sd15", "dr_sd2", "dr_sdxl", "sd2_img2img_rec"]
 
 
 def _gen(raw, tiny_dir):

@@ -244,3 +244,20 @@ def build_lcm_lora_sdxl(out_dir: Path) -> None:
     unet = tiny_unet(cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
                      projection_class_embeddings_input_dim=6 * 8 + 32, transformer_layers_per_block=(1, 2))
     _lora_twin(out_dir, unet, seed=1)
+
+
+def build_sdxl_inpaint(out_dir: Path) -> None:
+    """diffusers/stable-diffusion-xl-1.0-inpainting-0.1 layout: the SDXL twin's components with a 9-channel UNet
+    (latents + mask + masked-image latents) in StableDiffusionXLInpaintPipeline."""
+    import tempfile
+
+    from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_sdxl(Path(tmp))
+        parts = dict(StableDiffusionXLPipeline.from_pretrained(tmp).components)
+    parts["unet"] = tiny_unet(in_channels=9, cross_attention_dim=64, addition_embed_type="text_time",
+                              addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
+                              transformer_layers_per_block=(1, 2))
+    StableDiffusionXLInpaintPipeline(**parts, requires_aesthetics_score=False, force_zeros_for_empty_prompt=True,
+                                     add_watermarker=False).save_pretrained(out_dir, safe_serialization=True)
