@@ -60,6 +60,22 @@ TWINS.register("blip_captioner", "fakeforge.tiny.defake_twins:build_blip_caption
 TWINS.register("ddpm_uncond", "fakeforge.tiny.dire_twins:build_ddpm_uncond",
                "diffusers DDPMPipeline with an unconditional UNet2DModel (DIRE's diffusion model)")
 
+# today's text-to-image families and their LoRA adapters
+for _name, _help in [("flux_schnell", "FluxPipeline (FLUX.1-schnell: no guidance embedding)"),
+                     ("flux_dev", "FluxPipeline (FLUX.1-dev: guidance embedding, dynamic shift)"),
+                     ("sd35_large", "StableDiffusion3Pipeline, MMDiT with RMS q/k-norm (SD3.5 large / turbo)"),
+                     ("sd35_medium", "StableDiffusion3Pipeline, MMDiT-X dual attention (SD3.5 medium)"),
+                     ("pixart_sigma", "PixArtSigmaPipeline (T5, DiT)"),
+                     ("sdxl_refiner", "SDXL base + StableDiffusionXLImg2ImgPipeline refiner, one folder each"),
+                     ("kandinsky22", "KandinskyV22CombinedPipeline (CLIP prior + MoVQ decoder)"),
+                     ("sana", "SanaPipeline (Gemma-2 text encoder, DC-AE)"),
+                     ("sd15", "StableDiffusionPipeline (SD1.5 layout, PNDM)"),
+                     ("sdxl_inpaint", "StableDiffusionXLInpaintPipeline (9-channel SDXL UNet)"),
+                     ("lcm_lora_sd15", "UNet LoRA adapter fitting the sd15 twin (LCM-LoRA SD1.5 layout)"),
+                     ("lcm_lora_sdxl", "UNet LoRA adapter fitting the sdxl twin (LCM-LoRA SDXL layout)")]:
+    TWINS.register(_name, f"fakeforge.tiny.today_twins:build_{_name}", _help)
+
+
 MARKER = "fakeforge_tiny.json"
 
 

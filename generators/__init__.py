@@ -31,6 +31,8 @@ GENERATORS.register("download", "generators.download:DownloadedImage",
                     "a downloaded set plugged in as is (label from the source: DALLE, DiffusionDB, DFDC, ...)")
 GENERATORS.register("stylegan_xl", "generators.stylegan_xl:StyleGANXLGenerator",
                     "StyleGAN-XL class-conditional ImageNet generator (official network pickles, read safely)")
+GENERATORS.register("reconstruct", "generators.reconstruct:Reconstruct",
+                    "the real image reconstructed (VAE round trip, DRCT empty-mask inpainting, img2img), same size")
 GENERATORS.register("attack", "generators.attack:AttackGenerator",
                     "adversarial / backdoor / poisoning attack of the real image (presets in configs/attacks/)")
 
@@ -105,5 +107,9 @@ def generator_config(raw: dict, tiny: bool = False, tiny_root: str | Path | None
         TWINS.check(cfg.tiny_twin)
         root = Path(tiny_root) if tiny_root else default_root()
         cfg.model_id = str(root / cfg.tiny_twin)
+    if tiny and getattr(cfg, "lora", None):
+        from generators.diffusers_options import swap_tiny_loras
+
+        swap_tiny_loras(cfg.lora, tiny_root)
     cfg.check()
     return cls, cfg

@@ -153,6 +153,13 @@ class Generator:
         return out
 
 
+class ModelFault(RuntimeError):
+    """A model that cannot run as configured (e.g. a LoRA that does not fit its base): a failure of the whole
+    set or model, reported with its `fault_class`, never per-sample data."""
+
+    fault_class = "model"
+
+
 class GeneratorFailure(RuntimeError):
     """The generator raised an error that does not belong to one sample (a bug, a bad argument, a broken
     pipeline). The build stops with it instead of recording the same error for every sample."""

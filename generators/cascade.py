@@ -39,6 +39,7 @@ from generators.diffusers_common import (
     load_pipeline,
     seeded_generators,
 )
+from generators.diffusers_options import MemoryConfig
 
 
 @dataclass
@@ -87,6 +88,7 @@ class CascadeConfig(GeneratorConfig):
     clean_caption: IF's caption cleaning (needs beautifulsoup4 + ftfy; diffusers' default for IF).
     num_inference_steps: when set, overrides every stage's steps (quick dry runs, the tiny twin).
     cpu_offload: `enable_model_cpu_offload()` on every stage (one GPU with little memory).
+    memory / compile: the diffusers options (`generators/diffusers_options.py`), applied to every stage.
     """
 
     stages: list[StageConfig] = field(default_factory=list)
@@ -96,6 +98,8 @@ class CascadeConfig(GeneratorConfig):
     num_inference_steps: int | None = None
     cpu_offload: bool = False
     prefer_dtype: str = "float16"
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    compile: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -165,7 +169,7 @@ def _stage_diffusers_config(cfg: CascadeConfig, stage: StageConfig) -> Diffusers
     return DiffusersConfig(type=f"cascade stage {stage.name}", model_id=cfg.stage_model_id(stage), dtype=cfg.dtype,
                            pipeline=stage.pipeline, scheduler=stage.scheduler,
                            scheduler_kwargs=dict(stage.scheduler_kwargs), variant=stage.variant,
-                           prefer_dtype=cfg.prefer_dtype)
+                           prefer_dtype=cfg.prefer_dtype, memory=cfg.memory, compile=cfg.compile)
 
 
 class Cascade(Generator):
@@ -247,6 +251,7 @@ class Cascade(Generator):
         data["stage_model_ids"] = {s.name: self.config.stage_model_id(s) for s in self.config.stages}
         if getattr(self, "pipes", None):
             data["dtype_resolved"] = str(next(iter(self.pipes.values())).dtype).replace("torch.", "")
+            data["stage_options"] = {n: getattr(p, "fakeforge_options", {}) for n, p in self.pipes.items()}
         return data
 
 

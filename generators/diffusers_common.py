@@ -14,6 +14,16 @@ from typing import Any
 
 from fakeforge.config import ConfigError
 from generators.base import Generator, GeneratorConfig, GenRequest, GenResult, SampleError, array_to_pil, torch_dtype
+from generators.diffusers_options import (
+    LoraSpec,
+    MemoryConfig,
+    apply_lora,
+    cast_components,
+    compile_denoiser,
+    options_record,
+    place,
+    validate_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,7 @@ class DiffusersConfig(GeneratorConfig):
     scheduler: scheduler class name (e.g. "DPMSolverMultistepScheduler"), built from the pipeline's
         scheduler config plus `scheduler_kwargs`; empty keeps the checkpoint's scheduler.
     call_kwargs: any further `__call__` arguments (e.g. max_sequence_length for SD3).
+    lora / fuse_lora / memory / compile / dtypes: see `generators/diffusers_options.py`.
     """
 
     pipeline: str | None = None
@@ -39,9 +50,15 @@ class DiffusersConfig(GeneratorConfig):
     variant: str | None = None
     prefer_dtype: str = "float16"
     call_kwargs: dict = field(default_factory=dict)
+    lora: list[LoraSpec] = field(default_factory=list)
+    fuse_lora: bool = True
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    compile: bool = False
+    dtypes: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         super().validate()
+        validate_options(self.lora, self.dtypes)
         if self.num_inference_steps < 1:
             raise ValueError(f"generator.num_inference_steps = {self.num_inference_steps} must be >= 1")
         for name in ("height", "width"):
@@ -113,7 +130,18 @@ def load_pipeline(cfg: DiffusersConfig, device: str, auto_class: str, **componen
         sched_cls = getattr(diffusers, cfg.scheduler)
         pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **cfg.scheduler_kwargs)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return apply_options(pipe, cfg, device)
+
+
+def apply_options(pipe, cfg: DiffusersConfig, device: str):
+    """LoRA adapters, per-component dtypes, placement with the memory options, compile; the record of what
+    was applied is kept on the pipeline as `fakeforge_options` (see `DiffusersGenerator.settings`)."""
+    lora_rec = apply_lora(pipe, cfg.lora, cfg.model_id, cfg.fuse_lora)
+    cast_components(pipe, cfg.dtypes)
+    pipe, applied, unused = place(pipe, cfg.memory, device)
+    compiled = compile_denoiser(pipe) if cfg.compile else None
+    pipe.fakeforge_options = options_record(lora_rec, applied, unused, compiled, device)
+    return pipe
 
 
 def quiet_hub_progress() -> None:
@@ -169,4 +197,5 @@ class DiffusersGenerator(Generator):
         data["rng"] = "cpu torch.Generator per sample"
         if getattr(self, "pipe", None) is not None:
             data["dtype_resolved"] = str(self.pipe.dtype).replace("torch.", "")
+            data.update(getattr(self.pipe, "fakeforge_options", {}))
         return data

@@ -44,7 +44,7 @@ from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
 from fakeforge.shards.store import Store, redact_url
 from fakeforge.shards.writer import ShardWriteError, existing_marker, list_shard_files, plan_record, shard_state
 from fakeforge.sources import check_images_exist, load_records
-from generators.base import GeneratorFailure
+from generators.base import GeneratorFailure, ModelFault
 
 __all__ = ["BuildFailed", "BuildOptions", "BuildRun", "DiskFullError", "Terminated", "build", "plan_build"]
 log = logging.getLogger("fakeforge.builder")
@@ -399,7 +399,10 @@ def _run_sets(run: BuildRun, todo) -> None:
         jobs = [job for s, job in todo if s is rset]
         generator = rset.generator_cls(rset.generator_cfg, device=str(run.state.device))
         generator.image_policy = rset.image
-        generator.load()
+        try:
+            generator.load()
+        except ModelFault as exc:  # a model that cannot run as configured (a LoRA that does not fit its base)
+            raise BuildFailed(f"set '{rset.name}': {exc.fault_class}: {exc}") from exc
         settings = generator.settings()
         if "model_id" in settings:
             settings["model_id"] = rset.model_label  # the hub id (or twin name), not a local path

@@ -84,6 +84,10 @@ def model_id_checks(prefix: str, cfg, tiny: bool) -> tuple[list[str], list[str]]
             problem, note = check_model_id(f"{prefix}.{f.name}", value, twin if f.name == "model_id" else None)
             problems += [problem] if problem else []
             notes += [note] if note else []
+    for i, spec in enumerate(getattr(cfg, "lora", None) or []):  # LoRA adapters are model ids too
+        problem, note = check_model_id(f"{prefix}.lora.{i}.id", spec.id, spec.tiny_twin if tiny else None)
+        problems += [problem] if problem else []
+        notes += [note] if note else []
     return problems, notes
 
 

@@ -97,8 +97,9 @@ def build_sdxl(out_dir: Path) -> None:
     pipe.save_pretrained(out_dir, safe_serialization=True)
 
 
-def build_sd3(out_dir: Path) -> None:
-    """stabilityai/stable-diffusion-3-medium-diffusers layout: MMDiT, 2 CLIP + T5, flow matching."""
+def build_sd3(out_dir: Path, **transformer_kw) -> None:
+    """stabilityai/stable-diffusion-3-medium-diffusers layout: MMDiT, 2 CLIP + T5, flow matching.
+    `transformer_kw` extends the SD3Transformer2DModel config (the SD3.5 twins: qk_norm, dual attention)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import T5Config, T5EncoderModel
 
@@ -113,7 +114,8 @@ def build_sd3(out_dir: Path) -> None:
     # joint_attention_dim = T5 width (>= 2 x CLIP width); pooled dim = sum of the CLIP projections
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
                                         attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
-                                        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=32)
+                                        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=32,
+                                        **transformer_kw)
     vae = tiny_vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
                    use_post_quant_conv=False)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
