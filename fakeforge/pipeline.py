@@ -20,7 +20,6 @@ import json
 import logging
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -177,7 +176,9 @@ class Pipeline:
 
             code = main(args)
         else:
-            code = subprocess.run(self._cmd(args, launch)).returncode
+            from fakeforge.interrupts import run_child
+
+            code = run_child(self._cmd(args, launch))  # a signal here is passed on to the stage
         if code != 0:
             raise PipelineError(f"stage '{title}' failed (exit {code}); fix the cause and rerun the "
                                 "same command to resume")

@@ -61,11 +61,10 @@ def run_build(args: argparse.Namespace) -> int:
     import errno
 
     from fakeforge.build.config import resolve_build
-    from fakeforge.build.runner import BuildFailed, Terminated, build, install_sigterm_handler
+    from fakeforge.build.runner import BuildFailed, build
 
     if not args.log_every > 0:
         raise ConfigError(f"--log-every {args.log_every} must be a positive number of seconds")
-    install_sigterm_handler()
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir, demo_data=args.demo_data)
     try:
@@ -76,10 +75,6 @@ def run_build(args: argparse.Namespace) -> int:
         for line in str(exc).splitlines():
             print(f"fakeforge build: error: {line}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
-    except Terminated:
-        return 143
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

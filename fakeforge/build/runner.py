@@ -38,6 +38,7 @@ from fakeforge.build.plan import ShardJob, check_unique_keys, plan_shards, sampl
 from fakeforge.build.progress import make_progress
 from fakeforge.build.ranks import Ranks, build_lock, process_state, resolve_ranks
 from fakeforge.build.worker import BatchReport, run_shard
+from fakeforge.interrupts import Terminated, install_handlers, mark_reported
 from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
 from fakeforge.shards.store import Store, redact_url
 from fakeforge.shards.writer import STATS_SUFFIX, ShardWriteError, list_shard_files, plan_record, shard_state
@@ -49,20 +50,9 @@ log = logging.getLogger("fakeforge.build")
 RESOLVED_CONFIG = "build_config.yaml"
 
 
-class Terminated(BaseException):
-    """SIGTERM (a scheduler's preemption): handled like Ctrl-C, unfinished shard dropped."""
-
-
 def install_sigterm_handler() -> None:
-    """Turn the first SIGTERM into `Terminated` in the main thread (later ones are ignored, so the
-    cleanup of the unfinished shard is not cut short)."""
-    import signal
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, handler)
+    """Turn the first SIGINT / SIGTERM into KeyboardInterrupt / `Terminated` (see `fakeforge.interrupts`)."""
+    install_handlers()
 
 
 def library_versions() -> dict:
@@ -189,14 +179,14 @@ def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging,
     pool = ThreadPoolExecutor(max_workers=max(1, resolved.config.num_workers), thread_name_prefix="source-io")
     try:
         _run_jobs(resolved, store, out_plan, state, ranks, todo, summary, versions, bar, pool, lock, staging)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         log.warning("interrupted (Ctrl-C): the unfinished shard was dropped, finished shards are kept; "
                     "rerun the same command to resume")
-        raise
-    except Terminated:
+        raise mark_reported(exc)
+    except Terminated as exc:
         log.warning("terminated (SIGTERM): the unfinished shard was dropped, finished shards are kept; "
                     "rerun the same command to resume")
-        raise
+        raise mark_reported(exc)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
