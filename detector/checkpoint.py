@@ -18,6 +18,7 @@ import datetime
 import json
 import logging
 import pickle
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -172,9 +173,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
                                     "trainable_parameters": 0}
         return detector, default_preprocess(detector)
     path = Path(path)
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
-                              f"fakeforge convert-antifakeprompt {path} --out DIR")
+    if path.is_file() and path.name != META_FILE:
+        from detector.checkpoint_files import not_a_detector_checkpoint
+
+        raise CheckpointError(not_a_detector_checkpoint(path))
     meta = read_meta(path)
     if int(meta.get("format_version", 1)) < 2 and "LAVIS" not in str((meta.get("training") or {}).get("source")):
         log.warning("checkpoint '%s' was trained with fakeforge's earlier prompt encoding (format version 1); its "
@@ -299,9 +301,9 @@ def load_checkpoints(paths: list[str | Path], device: str | torch.device | None 
     return out
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """torch.load with weights_only=True; a pickle that needs arbitrary Python objects is refused, and an
-    empty, truncated or non-PyTorch file gives one line naming it."""
+def check_torch_file(path: str | Path) -> Path:
+    """Refuse, in one line naming what it is, a file that is missing, empty, not a PyTorch checkpoint or
+    a pickle that would import code (`detector.checkpoint_files.sniff`: nothing is unpickled)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: '{path}'")
@@ -309,8 +311,26 @@ def safe_torch_load(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint '{path}' is not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
+    from detector.checkpoint_files import sniff
+
+    kind = sniff(path)
+    if kind.imports:
+        raise CheckpointError(f"refusing to load '{path}': it is {kind.text}. Only checkpoints made of tensors, "
+                              "numbers, strings, lists and dicts (what torch.load(weights_only=True) reads) are "
+                              "accepted")
+    if not kind.is_torch:
+        raise CheckpointError(f"cannot read '{path}': it is {kind.text}")
+    return path
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load with weights_only=True, after `check_torch_file`; a pickle that needs arbitrary Python
+    objects is refused, and an empty, truncated or non-PyTorch file gives one line naming it."""
+    path = check_torch_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" not in first.lower():

@@ -142,9 +142,10 @@ def detector_class_of(path: str | Path) -> type[Detector]:
     path = Path(path)
     if str(path).lower() in ZERO_SHOT:
         return DETECTORS.get("antifakeprompt")
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
-                              f"fakeforge convert-antifakeprompt {path} --out DIR")
+    if path.is_file() and path.name != META_FILE:
+        from detector.checkpoint_files import not_a_detector_checkpoint
+
+        raise CheckpointError(not_a_detector_checkpoint(path))
     meta_file = path / META_FILE if path.is_dir() else path
     if not meta_file.is_file():
         raise CheckpointError(f"'{path}' is not a detector checkpoint folder (no {META_FILE})")
