@@ -214,12 +214,19 @@ def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging,
 def _write_card(store: Store) -> None:
     """The dataset card (README.md, sample grids) with the shortcut audit of its real/fake set pairs. It
     describes a finished dataset, so a problem here is logged, never a reason to fail the build."""
-    from fakeforge.audit import audit_sets, load_specs
+    from fakeforge.audit import audit_sets, read_set
     from fakeforge.shards.card import write_dataset_card
+    from fakeforge.shards.hub import listed_tars, unlisted_tars
 
     location = str(store.url())
     try:
-        sets = load_specs([str(location)], max_samples=200)
+        manifest = store.read_json(MANIFEST) or {}
+        stray = unlisted_tars(location, manifest)
+        if stray:
+            log.warning("dataset card: ignored %d file(s) the manifest does not list: %s (an interrupted copy? "
+                        "`fakeforge verify` flags them)", len(stray), ", ".join(stray))
+        sets = [read_set(name, [store.url(t) for t in tars], None, 200)
+                for name, tars in listed_tars(manifest).items()]
         labels = {s.label for s in sets if s.rows}
         audit = audit_sets(sets) if {"real", "fake"} <= labels else None
         if audit and audit["flagged"]:
