@@ -94,6 +94,11 @@ def build(resolved: ResolvedBuild, progress: bool = True, retry_failed: bool = F
     identity.plan_output(store, resolved, rebuild_sets, prune)  # refusals before any model loads
     state = process_state()
     ranks = resolve_ranks(state, rank, world_size)
+    if state.is_main_process:
+        from fakeforge.build.format_policy import encoding_mismatches
+
+        for line in encoding_mismatches(resolved):
+            log.warning("format shortcut: %s", line)
     workdir = store.root if store.local else _remote_workdir(store)
     plans = plan_build(resolved, state, workdir)
     with build_lock(store, state, ranks) as lock:
