@@ -66,3 +66,25 @@ def test_the_demo_test_data_passes_its_own_audit(tmp_path, tiny_dir):
     with tarfile.open(out / "backdoor" / "000000.tar") as tf:
         metas = [json.load(tf.extractfile(m)) for m in tf if m.name.endswith(".json")]
     assert {m["image"]["format"] for m in metas} == {"jpeg"} and all(m["success"] for m in metas)
+
+
+def test_a_pipeline_runs_the_audit_as_a_stage_and_prints_its_verdict(tmp_path, tiny_dir, capsys):
+    import json
+
+    import yaml
+
+    from fakeforge.cli import main
+
+    sets = [{"name": "photos", "generator": "real"},
+            {"name": "backdoor", "generator": {"preset": "backdoor_blended", "lossless": False}}]
+    cfg = write_build_config(tmp_path / "b.yaml", tmp_path / "unused", sets, {"kind": "demo", "limit": 12}, image=JPEG,
+                             shards={"max_count": 12})
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(yaml.safe_dump({"description": "audit only", "output": "unused",
+                                    "datasets": [{"name": "d", "build": str(cfg)}], "audit": True}))
+    assert main(["run", "--config", str(pipe), "--tiny", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "] shortcut audit of d" in out and "shortcut audit: pass (no real/fake pair separable" in out, out
+    record = json.loads((tmp_path / "run" / "stages" / "audit.json").read_text())
+    assert record["done"] and record["inputs"]["verdict"] == "pass"
+    assert (tmp_path / "run" / "audit" / "d.json").is_file()

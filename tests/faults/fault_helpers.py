@@ -45,6 +45,18 @@ def hurt(proc: subprocess.Popen, sig: int, when=None, after: float = 0.0, timeou
     return proc.returncode, out.decode(errors="replace")
 
 
+def past_interpreter_start(proc: subprocess.Popen):
+    """A `when` for `hurt`: the child runs fakeforge code (it has mapped torch's library, which only the
+    command's own lazy imports load). A signal before that point meets Python's start-up, before any
+    fakeforge code can install a handler (the process just ends, having done nothing)."""
+    def ready() -> bool:
+        try:
+            return "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:
+            return False
+    return ready
+
+
 def one_line_stop(code: int, out: str, sig: int) -> None:
     """A clean stop: exit 130 / 143, the matching line exactly once, no traceback."""
     want = {signal.SIGINT: (130, "interrupted (Ctrl-C)"), signal.SIGTERM: (143, "terminated (SIGTERM)")}[sig]

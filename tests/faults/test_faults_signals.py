@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 from builder_helpers import write_build_config
-from fault_helpers import ROOT, hurt, one_line_stop, run, snapshot, start, tar_bytes
+from fault_helpers import ROOT, hurt, one_line_stop, past_interpreter_start, run, snapshot, start, tar_bytes
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -32,8 +32,9 @@ def test_build_signals_at_any_moment_then_rerun_gives_the_same_bytes(tmp_path, t
         return lambda: len(list(hurt_out.glob("*/*.stats.json"))) >= n
 
     # start-up: imports, argument parsing and config resolution, before the first shard
-    for sig, after in ((signal.SIGTERM, 0.2), (signal.SIGINT, 0.6), (signal.SIGTERM, 1.5)):
-        code, out = hurt(start(_build_args(cfg, tiny_dir)), sig, after=after)
+    for sig, after in ((signal.SIGTERM, 0.0), (signal.SIGINT, 0.3), (signal.SIGTERM, 1.0)):
+        proc = start(_build_args(cfg, tiny_dir))
+        code, out = hurt(proc, sig, when=past_interpreter_start(proc), after=after)
         one_line_stop(code, out, sig)
         assert not list(hurt_out.glob("*/*.tar")), "stopped before the first shard"
     # mid-build, then a kill without warning
@@ -66,13 +67,15 @@ def test_train_signals_at_start_up_and_mid_epoch_then_resume_equals_straight_run
     code, out = run(train(tmp_path / "straight"))
     assert code == 0, out[-3000:]
     hurt_run = tmp_path / "hurt"
-    code, out = hurt(start(train(hurt_run)), signal.SIGTERM, after=0.5)            # start-up
+    proc = start(train(hurt_run))
+    code, out = hurt(proc, signal.SIGTERM, when=past_interpreter_start(proc), after=0.2)   # start-up
     one_line_stop(code, out, signal.SIGTERM)
     state = hurt_run / "last" / "training_state.pt"
     code, out = hurt(start(train(hurt_run)), signal.SIGTERM, when=state.is_file)   # epoch 2
     one_line_stop(code, out, signal.SIGTERM)
     assert torch.load(state, weights_only=True)["epoch"] == 1, "the signal came too late to cut epoch 2"
-    code, out = hurt(start(train(hurt_run, "--resume")), signal.SIGINT, after=0.5)   # start-up of the resume
+    proc = start(train(hurt_run, "--resume"))
+    code, out = hurt(proc, signal.SIGINT, when=past_interpreter_start(proc))   # start-up of the resume
     one_line_stop(code, out, signal.SIGINT)
     time.sleep(0.1)
     code, out = run(train(hurt_run, "--resume"))
