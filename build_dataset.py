@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the build; returns the exit code."""
     from fakeforge.cli import main as cli_main
 
-    return cli_main(["build", *(sys.argv[1:] if argv is None else argv)])
+    return cli_main(["build", *(sys.argv[1:] if argv is None else argv)], exiting=argv is None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,14 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the arguments, build the trainer from the config and fit; returns the exit code."""
+    """Parse the arguments, build the trainer from the config and fit; returns the exit code (130 / 143
+    after Ctrl-C / SIGTERM at any moment, with one line)."""
+    from fakeforge.interrupts import guarded
+
+    return guarded("train.py", lambda: _main(argv), exiting=argv is None)
+
+
+def _main(argv: list[str] | None) -> int:
     from detector.cli import add_train_arguments, run_train
     from fakeforge.config import ConfigError
     from fakeforge.registry import UnknownNameError

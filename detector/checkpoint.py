@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from detector.errors import CheckpointError  # noqa: F401  (raised here, importable from here)
+from detector.checkpoint_files import not_a_detector_checkpoint, sniff
 from detector.official_weights import official_detector_name
 from detector.preprocess import Preprocess
 from detector.sharing import sharing_loads
@@ -137,12 +138,12 @@ def detector_class_of(path: str | Path) -> type[Detector]:
     path = Path(path)
     if str(path).lower() in ZERO_SHOT:
         return DETECTORS.get("antifakeprompt")
-    if path.is_file() and path.suffix in (".pth", ".pt"):
+    if path.is_file() and path.suffix in (".pth", ".pt") and sniff(path).plain_torch:
         official = official_detector_name(path)  # CNNSpot, NPR, UnivFD weight files (tensors only)
         if official:
             return DETECTORS.get(official)
-        raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
-                              f"fakeforge convert-antifakeprompt {path} --out DIR")
+    if path.is_file() and path.name != META_FILE:
+        raise CheckpointError(not_a_detector_checkpoint(path))
     meta_file = path / META_FILE if path.is_dir() else path
     if not meta_file.is_file():
         raise CheckpointError(f"'{path}' is not a detector checkpoint folder (no {META_FILE})")

@@ -339,13 +339,14 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a LAVIS .pth (loaded with weights_only=True) into a checkpoint folder."""
-    from detector.families.antifakeprompt.checkpoint import convert_lavis, read_meta
+    from detector.families.antifakeprompt.checkpoint import check_torch_file, convert_lavis, read_meta
     from detector.families.antifakeprompt.model import AntifakePromptConfig
     from fakeforge.config import from_dict
 
     llm = None if str(args.llm_id).lower() in ("", "none", "null") else args.llm_id
     model = from_dict(AntifakePromptConfig, {"model_id": args.base_model, "llm_id": llm, "question": args.question,
                                              "pseudo_word": args.pseudo_word, "dtype": args.dtype}, "model")
+    check_torch_file(args.src)  # before --out is made: an odd file leaves nothing behind
     _writable(args.out, "--out")
     out = convert_lavis(args.src, args.out, model=model, image_size=args.image_size, mean=args.mean, std=args.std,
                         position=args.position)

@@ -18,6 +18,7 @@ files saved by old torch versions, are the only tensors that may be missing).
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,7 +40,9 @@ def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     without a `module.` prefix."""
     path = Path(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "unsupported global"
         raise CheckpointError(f"'{path}' is refused: the pickle holds code or objects other than tensors "

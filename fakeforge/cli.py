@@ -54,10 +54,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `fakeforge` console script; returns the process exit code."""
+def main(argv: list[str] | None = None, exiting: bool | None = None) -> int:
+    """Entry point of the `fakeforge` console script; returns the process exit code. Ctrl-C and SIGTERM
+    at any moment end in one line and exit 130 / 143 (`fakeforge.interrupts`). `exiting` (default: when
+    `argv` is None, i.e. the console script) says the process ends on return."""
+    from fakeforge.interrupts import guarded
+
+    exiting = argv is None if exiting is None else exiting
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    return guarded(f"fakeforge {command}" if command in COMMANDS else "fakeforge", lambda: _main(argv, command),
+                   exiting=exiting)
+
+
+def _main(argv: list[str], command: str | None) -> int:
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -75,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in (exc.problems if isinstance(exc, ConfigError) else [str(exc)]):
             print(f"fakeforge {args.command}: error: {line}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,6 +48,8 @@ class MissingCheckpointError(ConfigError):
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; errors name the file."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config '{path}' is a {'folder' if path.is_dir() else 'special file'}, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: '{path}'")
     try:
@@ -72,6 +74,8 @@ def resolve_named_config(name_or_path: str | Path, kind: str) -> Path:
     """Find a config by path, or by name under `configs/<kind>/<name>.yaml`."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.exists() and not p.is_file():
+            raise ConfigError(f"config '{p}' is a {'folder' if p.is_dir() else 'special file'}, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file not found: '{p}'")
         return p

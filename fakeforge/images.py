@@ -156,7 +156,38 @@ def find_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: '{folder}'")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return image_files(folder)
+
+
+def image_files(folder: str | Path, inside: str | Path | None = None) -> list[Path]:
+    """Image files (by extension) under `folder`, recursively, sorted: regular files only (a FIFO or
+    device is never opened), and a symlink only when it resolves inside `inside` (default `folder`);
+    links leading outside are skipped with one warning naming them."""
+    import logging
+
+    folder = Path(folder)
+    root = Path(inside if inside is not None else folder).resolve()
+    found, outside = [], []
+    for p in folder.rglob("*"):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():  # is_file: regular files (FIFOs are not)
+            continue
+        if p.is_symlink() or any(parent.is_symlink() for parent in p.relative_to(folder).parents
+                                 if str(parent) != "."):
+            target = p.resolve()
+            if target != root and root not in target.parents:
+                outside.append(p)
+                continue
+        found.append(p)
+    if outside:
+        names = ", ".join(str(p.relative_to(folder)) for p in sorted(outside)[:5])
+        logging.getLogger("fakeforge.sources").warning(
+            "skipped %d link(s) in '%s' leading outside it: %s%s", len(outside), folder, names,
+            " ..." if len(outside) > 5 else "")
+    return sorted(found)
+
+
+#: largest stored side accepted by an image policy (the default `image_limits.max_side` of a source)
+MAX_STORED_SIDE = 16384
 
 
 @dataclass
@@ -178,6 +209,9 @@ class ImagePolicy:
             raise ValueError(f"image.quality = {self.quality} must be within 1..100")
         if self.resize != "none" and (self.size is None or self.size < 1):
             raise ValueError(f"image.resize = '{self.resize}' needs a positive image.size, got {self.size!r}")
+        if self.size is not None and self.size > MAX_STORED_SIDE:
+            raise ValueError(f"image.size = {self.size} is above {MAX_STORED_SIDE} px (one such RGB image needs "
+                             f"{3 * self.size ** 2 / 2 ** 30:.0f} GiB of memory)")
 
     @property
     def extension(self) -> str:

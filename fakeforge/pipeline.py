@@ -21,7 +21,6 @@ import json
 import logging
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -168,6 +167,7 @@ class Pipeline:
         self.data_hash: dict[str, str] = {}
         self.checkpoints: dict[str, tuple[str, str]] = {}  # detector -> (checkpoint, stage hash)
         self.step = 0
+        self.audit: dict | None = None  # the shortcut audit stage's result
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _cmd(self, args: list[str], launch: bool = False) -> list[str]:
@@ -183,7 +183,9 @@ class Pipeline:
     def _launch(self, title: str, args: list[str]) -> None:
         """Run a build or training under the configured launcher (its own processes, one per GPU)."""
         start = self._title(title, args)
-        code = subprocess.run(self._cmd(args, launch=True)).returncode
+        from fakeforge.interrupts import run_child
+
+        code = run_child(self._cmd(args, launch=True))  # a signal here is passed on to the stage
         if code != 0:
             raise PipelineError(f"stage '{title}' failed (exit {code}); fix the cause and rerun the "
                                 "same command to resume")
@@ -380,11 +382,13 @@ class Pipeline:
         if not self.cfg.report or not evals:
             return None
         from detector.eval.report import make_report
+        from fakeforge.audit_stage import verdict_line
 
         self.step += 1
         print(f"[{self.step}] report", flush=True)
         sets = [str(self.out / "data" / n) for n in self.cfg.evaluate.datasets]
-        provenance = {"Pipeline": to_dict(self.cfg), "Stages": {p.stem: json.loads(p.read_text()) for p in
+        provenance = {**({"Shortcut audit stage": verdict_line(self.audit)} if self.audit else {}),
+                      "Pipeline": to_dict(self.cfg), "Stages": {p.stem: json.loads(p.read_text()) for p in
                                                                 sorted((self.out / STAGES_DIR).glob("*.json"))}}
         paths = make_report(evals, self.out / "report", sets=sets, audit=self.cfg.audit,
                             title=self.cfg.description or "fakeforge pipeline", provenance=provenance,
@@ -401,10 +405,23 @@ class Pipeline:
             dump_yaml({**to_dict(self.cfg), "tiny": self.tiny, "demo_data": self.demo_data},
                       self.out / "pipeline.yaml")
             self.build_datasets()
+            self.audit = self.audit_datasets() if self.cfg.audit else None
             self.train_detectors()
             evals = self.evaluate() if self.cfg.detectors else []
             report = self.write_report(evals)
-        return {"report": report, "evals": evals, "datasets": dict(self.data_hash)}
+        return {"report": report, "evals": evals, "datasets": dict(self.data_hash), "audit": self.audit}
+
+    def audit_datasets(self) -> dict:
+        """The shortcut audit stage over every built dataset (`fakeforge.audit_stage`); its verdict is
+        printed, recorded in stages/audit.json and shown in the report."""
+        from fakeforge.audit_stage import audit_datasets, verdict_line
+
+        self.step += 1
+        print(f"[{self.step}] shortcut audit of {', '.join(d.name for d in self.cfg.datasets)}", flush=True)
+        result = audit_datasets({d.name: self.out / "data" / d.name for d in self.cfg.datasets}, self.out / "audit")
+        print(f"    {verdict_line(result)}", flush=True)
+        StageRecord(self.out, "audit").write(config_hash(dict(self.data_hash)), result, True)
+        return result
 
 
 def write_data_statistics(specs: list[str], out: Path, image_size: int, max_images: int | None) -> Path:
@@ -526,6 +543,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"training adds {100 * gain:+.1f} points of balanced accuracy over the same detector untrained "
               "(balanced accuracy = mean of the real-set and fake-set accuracies; the paper-layout average "
               "favours a detector that calls everything fake when fake sets outnumber real ones)")
+    if result.get("audit"):
+        from fakeforge.audit_stage import verdict_line
+
+        print(verdict_line(result["audit"]))
     print(f"\n{DEMO_NOTE}\nreport:  {result['report']}\ndata:    {cfg.output}/data (verified WebDataset shards, "
           f"dataset cards)\nreal weights (GPU, downloads the models):  fakeforge run --config {args.config} "
           f"--out runs/demo_real")

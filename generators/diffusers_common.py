@@ -65,6 +65,8 @@ class DiffusersConfig(GeneratorConfig):
             v = getattr(self, name)
             if v is not None and (v < 8 or v % 8):
                 raise ValueError(f"generator.{name} = {v} must be a positive multiple of 8")
+            if v is not None and v > 8192:
+                raise ValueError(f"generator.{name} = {v} is above 8192 px, more than any diffusers model makes")
 
     def check(self) -> None:
         """Check class names against the installed diffusers (imports diffusers; loads no weights)."""

@@ -20,7 +20,7 @@ class DownloadedImage(Generator):
     config_class: ClassVar[type[GeneratorConfig]] = GeneratorConfig
     needs_source_image = True
     label = "fake"
-    #: the set's label is `source.label` (fakeforge.builder.runner.set_label)
+    #: the set's label is `source.label` (fakeforge.builder.config.set_label)
     label_from_source: ClassVar[bool] = True
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:

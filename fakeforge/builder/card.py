@@ -1,7 +1,8 @@
 """The dataset card (`README.md`, Hugging Face datasets style) and a sample-grid PNG per set.
 
-The card's YAML header declares one `configs` entry per set (`data_files: <set>/*.tar`), so
-`datasets.load_dataset(OUT, "<set>")` reads a set with its metadata through the webdataset loader;
+The card's YAML header declares a default config `all` (every set, one declared schema) and one config
+per set, each listing the manifest's tars (`fakeforge.shards.hub`), so `datasets.load_dataset(OUT)` reads
+the whole build and `datasets.load_dataset(OUT, "<set>")` one set with all its metadata;
 the body says what was built, from what, with which generators and settings, under which licences,
 and what is known to differ between the real and the fake sets (the shortcut audit, when given).
 """
@@ -38,6 +39,19 @@ def _size_category(n: int) -> str:
         if n < limit:
             return name
     return "1M<n<10M"
+
+
+def _first_members(tars: list) -> list[str]:
+    """Member extensions of a set's first sample (`jpg`, `json`, `mask.png`, ...)."""
+    from fakeforge.shards.reader import iter_members
+
+    first, exts = None, []
+    for key, ext, _data in iter_members(tars, lambda _key, _ext: True):
+        if first is not None and key != first:
+            break
+        first = key
+        exts.append(ext)
+    return exts
 
 
 def _first_samples(tars: list, n: int) -> list[tuple[str, bytes]]:
@@ -88,8 +102,12 @@ def _set_rows(manifest: dict, build: dict) -> list[dict]:
     return rows
 
 
-def dataset_card(manifest: dict, build: dict, audit: dict | None = None, grids: dict[str, str] | None = None) -> str:
-    """The card's text from the manifest, the resolved build config and (optionally) the audit."""
+def dataset_card(manifest: dict, build: dict, audit: dict | None = None, grids: dict[str, str] | None = None,
+                 image_members: list[str] | None = None) -> str:
+    """The card's text from the manifest, the resolved build config, (optionally) the audit, and the image
+    member extensions of the sets (`jpg`, `png`, `mask.png`: the default config's image columns)."""
+    from fakeforge.shards.hub import default_config_name, hub_header
+
     rows = _set_rows(manifest, build)
     total = int(manifest.get("total", sum(r["count"] for r in rows)))
     header = {
@@ -98,7 +116,7 @@ def dataset_card(manifest: dict, build: dict, audit: dict | None = None, grids: 
         "task_categories": ["image-classification"],
         "tags": ["fake-image-detection", "synthetic-images", "webdataset", "fakeforge"],
         "size_categories": [_size_category(total)],
-        "configs": [{"config_name": r["name"], "data_files": f"{r['name']}/*.tar"} for r in rows],
+        **hub_header(manifest, image_members if image_members is not None else ["jpg", "png", "webp"]),
     }
     tiny = bool(manifest.get("tiny") or build.get("tiny"))
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
@@ -149,15 +167,21 @@ def dataset_card(manifest: dict, build: dict, audit: dict | None = None, grids: 
     lines += ["", "## Loading", "", "```python", "import webdataset as wds",
               f"ds = wds.WebDataset('{rows[0]['name'] if rows else 'SET'}/000000.tar', shardshuffle=False)"
               ".decode('pil')", "# or, with Hugging Face datasets:", "from datasets import load_dataset",
-              f"ds = load_dataset('path/to/this/folder', '{rows[0]['name'] if rows else 'SET'}', split='train')",
+              "every = load_dataset('path/to/this/folder', split='train')   # every set, one schema "
+              f"(config '{default_config_name(manifest)}')",
+              f"one = load_dataset('path/to/this/folder', '{rows[0]['name'] if rows else 'SET'}', split='train')"
+              "   # one set, all its metadata",
+              "every.flatten()   # json.label, json.set, ... as top-level columns",
               "```", "", "Check integrity with `fakeforge verify <this folder>`.", ""]
     return "\n".join(lines)
 
 
 def write_dataset_card(out_dir: str | Path, audit: dict | None = None, grids: bool = True) -> str:
     """Write `OUT/README.md` (and the sample grids) from `manifest.json` and `build_config.yaml`; OUT may
-    be a local folder or an fsspec URL. Returns where the card was written."""
-    from fakeforge.shards.reader import find_sets
+    be a local folder or an fsspec URL. Only the tars the manifest lists are read (an unlisted one, e.g.
+    an interrupted copy, is ignored: `fakeforge.shards.hub.unlisted_tars` names them). Returns where
+    the card was written."""
+    from fakeforge.shards.hub import listed_tars, member_extensions
     from fakeforge.shards.store import Store
 
     store = Store(out_dir, "dataset")
@@ -165,12 +189,13 @@ def write_dataset_card(out_dir: str | Path, audit: dict | None = None, grids: bo
     if manifest is None:
         raise FileNotFoundError(f"no manifest.json in '{store}': the build did not finish (rerun the build command)")
     build = yaml.safe_load(store.read_bytes("build_config.yaml") or b"") or {}
+    tars = {name: [store.url(t) for t in files] for name, files in listed_tars(manifest).items()}
     grid_paths: dict[str, str] = {}
-    if grids and manifest.get("sets"):
-        tars = find_sets(str(out_dir))
-        for name in manifest["sets"]:
-            rel = write_sample_grid(store, name, tars.get(name, []))
+    if grids:
+        for name, files in tars.items():
+            rel = write_sample_grid(store, name, files)
             if rel is not None:
                 grid_paths[name] = rel
-    store.write_bytes(CARD, dataset_card(manifest, build, audit, grid_paths).encode())
+    members = member_extensions({name: _first_members(files[:1]) for name, files in tars.items()})
+    store.write_bytes(CARD, dataset_card(manifest, build, audit, grid_paths, members).encode())
     return store.show(CARD)

@@ -61,13 +61,13 @@ def run_build(args: argparse.Namespace) -> int:
     import errno
 
     from fakeforge.builder.config import resolve_build
-    from fakeforge.builder.runner import BuildFailed, Terminated, build, install_sigterm_handler
+    from fakeforge.builder.runner import BuildFailed, build
 
     if not args.log_every > 0:
         raise ConfigError(f"--log-every {args.log_every} must be a positive number of seconds")
-    install_sigterm_handler()
     resolved = resolve_build(args.config, args.overrides, tiny=args.tiny, limit=args.limit, output=args.output,
                              tiny_root=args.tiny_dir, demo_data=args.demo_data)
+    _refuse_output_inside_a_dataset(resolved.output)
     try:
         summary = build(resolved, progress=not args.no_progress, retry_failed=args.retry_failed,
                         verify_existing=args.verify_existing, rebuild_sets=args.rebuild_sets, prune=args.prune,
@@ -76,10 +76,6 @@ def run_build(args: argparse.Namespace) -> int:
         for line in str(exc).splitlines():
             print(f"fakeforge build: error: {line}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
-    except Terminated:
-        return 143
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -99,6 +95,20 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"wrote {redact_url(resolved.output)} ({sum(v['count'] for v in summary['manifest'].values())} samples); "
               f"check it with: fakeforge verify {redact_url(resolved.output)}")
     return 0
+
+
+def _refuse_output_inside_a_dataset(output) -> None:
+    """A local output inside another finished dataset (a folder above it holds manifest.json) would mix
+    its tars into that dataset's set folders: refused in one line."""
+    from fakeforge.shards.store import is_url
+
+    if is_url(output):
+        return
+    here = Path(output).absolute()
+    for parent in here.parents:
+        if (parent / "manifest.json").is_file():
+            raise ConfigError(f"output '{output}' is inside the dataset '{parent}' (it has a manifest.json); "
+                              "build into a folder outside it")
 
 
 def add_validate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -294,3 +294,11 @@ def _content_settings(r: ResolvedSet) -> dict:
             spec["id"] = f"tiny-twin:{spec['tiny_twin']}"
     data["model"] = r.model_label
     return data
+
+
+def set_label(rset: ResolvedSet) -> str:
+    """A set's label: the generator's, except for pass-through generators of downloaded sets, whose
+    label is the source's (`download` generator + `source.label`)."""
+    if getattr(rset.generator_cls, "label_from_source", False) and rset.source.label:
+        return rset.source.label
+    return rset.generator_cls.label

@@ -34,12 +34,13 @@ import yaml
 
 from fakeforge.versions import BUILD_LIBRARIES, library_versions
 from fakeforge.builder import identity
-from fakeforge.builder.config import ResolvedBuild, ResolvedSet
+from fakeforge.builder.config import ResolvedBuild, ResolvedSet, set_label
 from fakeforge.builder.failures import BuildFailed, DiskFullError, SetGuard, over_budget, shard_write_failed
 from fakeforge.builder.plan import ShardJob, check_unique_keys, job_keys, plan_shards
 from fakeforge.builder.progress import make_progress
 from fakeforge.builder.ranks import Ranks, build_lock, process_state, resolve_ranks
 from fakeforge.builder.worker import BatchReport, run_shard
+from fakeforge.interrupts import Terminated, install_handlers, mark_reported
 from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
 from fakeforge.shards.store import Store, redact_url
 from fakeforge.shards.writer import ShardWriteError, existing_marker, list_shard_files, plan_record, shard_state
@@ -51,20 +52,9 @@ log = logging.getLogger("fakeforge.builder")
 RESOLVED_CONFIG = "build_config.yaml"
 
 
-class Terminated(BaseException):
-    """SIGTERM (a scheduler's preemption): handled like Ctrl-C, unfinished shard dropped."""
-
-
 def install_sigterm_handler() -> None:
-    """Turn the first SIGTERM into `Terminated` in the main thread (later ones are ignored, so the
-    cleanup of the unfinished shard is not cut short)."""
-    import signal
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, handler)
+    """Turn the first SIGINT / SIGTERM into KeyboardInterrupt / `Terminated` (see `fakeforge.interrupts`)."""
+    install_handlers()
 
 
 def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
@@ -138,6 +128,11 @@ def build(resolved: ResolvedBuild, options: BuildOptions | None = None, **flags)
     identity.plan_output(store, resolved, rebuild_sets, prune)  # refusals before any model loads
     state = process_state()
     ranks = resolve_ranks(state, opts.rank, opts.world_size)
+    if state.is_main_process:
+        from fakeforge.builder.format_policy import encoding_mismatches
+
+        for line in encoding_mismatches(resolved):
+            log.warning("format shortcut: %s", line)
     workdir = store.root if store.local else _remote_workdir(store)
     plans = plan_build(resolved, state, workdir)
     with build_lock(store, state, ranks) as lock:
@@ -225,14 +220,14 @@ def _build_locked(run: BuildRun) -> dict:
                                          thread_name_prefix="source-io")
     try:
         _run_jobs(run, todo)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         log.warning("interrupted (Ctrl-C): the unfinished shard was dropped, finished shards are kept; "
                     "rerun the same command to resume")
-        raise
-    except Terminated:
+        raise mark_reported(exc)
+    except Terminated as exc:
         log.warning("terminated (SIGTERM): the unfinished shard was dropped, finished shards are kept; "
                     "rerun the same command to resume")
-        raise
+        raise mark_reported(exc)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
@@ -260,12 +255,19 @@ def _build_locked(run: BuildRun) -> dict:
 def _write_card(store: Store) -> None:
     """The dataset card (README.md, sample grids) with the shortcut audit of its real/fake set pairs. It
     describes a finished dataset, so a problem here is logged, never a reason to fail the build."""
-    from fakeforge.audit import audit_sets, load_specs
+    from fakeforge.audit import audit_sets, read_set
     from fakeforge.builder.card import write_dataset_card
+    from fakeforge.shards.hub import listed_tars, unlisted_tars
 
     location = str(store.url())
     try:
-        sets = load_specs([str(location)], max_samples=200)
+        manifest = store.read_json(MANIFEST) or {}
+        stray = unlisted_tars(location, manifest)
+        if stray:
+            log.warning("dataset card: ignored %d file(s) the manifest does not list: %s (an interrupted copy? "
+                        "`fakeforge verify` flags them)", len(stray), ", ".join(stray))
+        sets = [read_set(name, [store.url(t) for t in tars], None, 200)
+                for name, tars in listed_tars(manifest).items()]
         labels = {s.label for s in sets if s.rows}
         audit = audit_sets(sets) if {"real", "fake"} <= labels else None
         if audit and audit["flagged"]:
@@ -320,14 +322,6 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
                     "cause, rerun with --retry-failed to redo only the shards that have failures",
                     manifest["failed"])
     return failures
-
-
-def set_label(rset: ResolvedSet) -> str:
-    """A set's label: the generator's, except for pass-through generators of downloaded sets, whose
-    label is the source's (`download` generator + `source.label`)."""
-    if getattr(rset.generator_cls, "label_from_source", False) and rset.source.label:
-        return rset.source.label
-    return rset.generator_cls.label
 
 
 def _todo(store: Store, out_plan, jobs, retry_failed: bool, verify_existing: bool):

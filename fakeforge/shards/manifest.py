@@ -19,7 +19,7 @@ def dataset_hash(set_hashes: dict[str, dict]) -> str:
     when a set is added, removed (with --prune), rebuilt with other settings, or grown."""
     from fakeforge.config import config_hash
 
-    return config_hash({name: {"set_hash": v["set_hash"], "limit": v.get("limit")}
+    return config_hash({name: {"set_hash": v.get("set_hash"), "limit": v.get("limit")}
                         for name, v in sorted(set_hashes.items())})
 
 

@@ -94,7 +94,9 @@ def download_extra(src: SourceConfig, /, **more) -> dict:
 def _images_under(root: Path) -> list[Path]:
     if not root.is_dir():
         raise ConfigError(f"source.images_dir '{root}' is not a folder")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    from fakeforge.images import image_files
+
+    return image_files(root)
 
 
 def _unique_ids(rel_paths: list[str]) -> list[str]:

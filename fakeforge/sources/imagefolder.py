@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakeforge.config import ConfigError
-from fakeforge.images import IMAGE_EXTENSIONS
+from fakeforge.images import IMAGE_EXTENSIONS, image_files
 from fakeforge.sources.base import Record, SourceKind
 from fakeforge.sources.imagenet_labels import WNID, imagenet_classes
 
@@ -35,7 +35,7 @@ def read_imagefolder(images_dir: str | Path | None) -> dict[str, list[Record]]:
     by_image: dict[str, list[Record]] = {}
     for idx, cls in enumerate(classes):
         label = wnid_index[cls] if wnid_index is not None else idx
-        for path in sorted(p for p in (root / cls).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+        for path in image_files(root / cls, inside=root):
             rel = path.relative_to(root)
             image_id = rel.with_suffix("").as_posix()
             if image_id in by_image:

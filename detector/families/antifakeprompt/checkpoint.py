@@ -18,6 +18,7 @@ import datetime
 import json
 import logging
 import pickle
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from detector.base import CheckpointError, Preprocess
+from detector.checkpoint_files import sniff
 from detector.checkpoint import META_FILE, ZERO_SHOT  # noqa: F401  (one folder layout for every detector)
 from detector.families.antifakeprompt.config import OFFICIAL_LLM_ID, AntifakePromptConfig
 from fakeforge import versions
@@ -145,9 +147,9 @@ def read_rows(path: str | Path) -> dict[str, torch.Tensor]:
     return rows
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """torch.load with weights_only=True; a pickle that needs arbitrary Python objects is refused, and an
-    empty, truncated or non-PyTorch file gives one line naming it."""
+def check_torch_file(path: str | Path) -> Path:
+    """Refuse, in one line naming what it is, a file that is missing, empty, not a PyTorch checkpoint or
+    a pickle that would import code (`detector.checkpoint_files.sniff`: nothing is unpickled)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: '{path}'")
@@ -155,8 +157,24 @@ def safe_torch_load(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint '{path}' is not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes)")
+    kind = sniff(path)
+    if kind.imports:
+        raise CheckpointError(f"refusing to load '{path}': it is {kind.text}. Only checkpoints made of tensors, "
+                              "numbers, strings, lists and dicts (what torch.load(weights_only=True) reads) are "
+                              "accepted")
+    if not kind.is_torch:
+        raise CheckpointError(f"cannot read '{path}': it is {kind.text}")
+    return path
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load with weights_only=True, after `check_torch_file`; a pickle that needs arbitrary Python
+    objects is refused, and an empty, truncated or non-PyTorch file gives one line naming it."""
+    path = check_torch_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" not in first.lower():

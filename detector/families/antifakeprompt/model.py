@@ -37,6 +37,7 @@ from torch import nn
 
 from detector.base import FIT_GRADIENT, CheckpointError, Detector, Preprocess
 from detector.checkpoint import ZERO_SHOT
+from detector.checkpoint_files import not_a_detector_checkpoint
 from detector.families.antifakeprompt.checkpoint import (
     META_FILE,
     ROW_ONLY_FIELDS,
@@ -553,9 +554,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None, 
                                     "trainable_parameters": 0}
         return detector, preprocess_of(detector)
     path = Path(path)
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        raise CheckpointError(f"'{path}' looks like an official LAVIS checkpoint; convert it first: "
-                              f"fakeforge convert-antifakeprompt {path} --out DIR")
+    if path.is_file() and path.name != META_FILE:
+        raise CheckpointError(not_a_detector_checkpoint(path))
     meta = read_meta(path)
     if int(meta.get("format_version", 1)) < 2 and "LAVIS" not in str((meta.get("training") or {}).get("source")):
         log.warning("checkpoint '%s' was trained with fakeforge's earlier prompt encoding (format version 1); its "
