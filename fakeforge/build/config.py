@@ -286,5 +286,7 @@ def _content_settings(r: ResolvedSet) -> dict:
     data = to_dict(r.generator_cfg)
     for k in ("batch_size", "description", "tiny", "model_id"):
         data.pop(k, None)
+    if not data.get("sample"):  # added later: absent keeps the hashes of earlier builds
+        data.pop("sample", None)
     data["model"] = r.model_label
     return data

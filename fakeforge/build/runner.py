@@ -38,11 +38,20 @@ from fakeforge.build.plan import ShardJob, check_unique_keys, plan_shards, sampl
 from fakeforge.build.progress import make_progress
 from fakeforge.build.ranks import Ranks, build_lock, process_state, resolve_ranks
 from fakeforge.build.worker import BatchReport, run_shard
-from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
+from fakeforge.build.zoo_plan import (
+    assign_jobs,
+    budget_lines,
+    is_zoo,
+    model_summary,
+    plan_zoo_shards,
+    write_model_failure_shard,
+)
+from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest, collect_stats
 from fakeforge.shards.store import Store, redact_url
 from fakeforge.shards.writer import STATS_SUFFIX, ShardWriteError, list_shard_files, plan_record, shard_state
 from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure
+from generators.zoo import ModelFailure
 
 __all__ = ["BuildFailed", "DiskFullError", "Terminated", "build", "plan_build"]
 log = logging.getLogger("fakeforge.build")
@@ -82,7 +91,12 @@ def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
         check_unique_keys(rset.name, records)
         if rset.generator_cls.needs_source_image and rset.source.require_images:
             check_images_exist(records, f"set '{rset.name}'")
-        plans.append((rset, plan_shards(rset.name, records, resolved.config.shards.max_count)))
+        if is_zoo(rset):
+            jobs = plan_zoo_shards(rset.name, records, resolved.config.shards.max_count,
+                                   [(m["name"], m["weight"]) for m in rset.generator_cfg.models])
+        else:
+            jobs = plan_shards(rset.name, records, resolved.config.shards.max_count)
+        plans.append((rset, jobs))
     return plans
 
 
@@ -175,7 +189,7 @@ def _build_locked(resolved, store, state, ranks, plans, out_plan, lock, staging,
     state.wait_for_everyone()
 
     all_jobs = [(rset, job) for rset, jobs in plans for job in jobs]
-    mine = [(rset, job) for i, (rset, job) in enumerate(all_jobs) if i % ranks.world == ranks.rank]
+    mine = assign_jobs(all_jobs, ranks.rank, ranks.world)
     todo, redone = _todo(store, out_plan, mine, retry_failed, verify_existing)
     summary = {"rank": ranks.rank, "shards_total": len(all_jobs), "shards_mine": len(mine),
                "shards_skipped": len(mine) - len(todo), "shards_redone": redone, "written": 0, "failed": 0,
@@ -279,6 +293,12 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
                  "same command to complete it)" for k, v in manifest["sets"].items()
                  if v["shard_jobs_done"] != v["shard_jobs"]]
     failures += over_budget(store, manifest, resolved.config.max_failed_fraction)
+    for rset, _jobs in plans:
+        if is_zoo(rset):
+            models = model_summary(collect_stats(store, rset.name))
+            summary.setdefault("models", {})[rset.name] = models
+            failures += budget_lines(rset.name, models, rset.generator_cfg.allowed_failures(),
+                                     len(rset.generator_cfg.models))
     if manifest["failed"] and not failures:
         log.warning("%d samples failed (their errors are in each shard's .stats.json); after fixing the "
                     "cause, rerun with --retry-failed to redo only the shards that have failures",
@@ -372,24 +392,32 @@ def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, 
                   "source": rset.source.kind, "settings": settings, "set_hash": rset.set_hash,
                   "versions": versions}
         header = {"set": rset.name, "set_hash": rset.set_hash, "rank": ranks.rank}
-        guard = SetGuard(rset.name, sum(len(j.records) for j in jobs))
+        guard = SetGuard(rset.name, sum(len(j.records) for j in jobs)) if not is_zoo(rset) else None
 
         def on_batch(report: BatchReport, guard=guard):
             bar.update(report.size)
             summary["written"] += report.ok
             summary["failed"] += report.size - report.ok
-            guard(report)
+            if guard is not None:  # a zoo's models fail one by one (generators/zoo.py), not the set
+                guard(report)
             lock.check()
 
         for job in jobs:
             bar.set_postfix_str(f"{rset.name}/{job.index:06d}")
+            if job.model is not None and _zoo_job(generator, job, store, out_plan.folders[rset.name], header, bar,
+                                                  staging, summary, rset, None):
+                continue
             try:
                 result = run_shard(job, generator, store, out_plan.folders[rset.name], rset.image,
-                                   base_seed=resolved.config.seed, common_meta=common, header=header, pool=pool,
+                                   base_seed=resolved.config.seed, common_meta=common, pool=pool,
+                                   header=header if job.model is None else {**header, "model": job.model},
                                    on_batch=on_batch, limits=rset.source.image_limits, staging=staging,
                                    plan=plan_record([sample_key(rset.name, r) for r in job.records]),
                                    max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20),
                                    publisher=publisher)
+            except ModelFailure as exc:
+                _zoo_job(generator, job, store, out_plan.folders[rset.name], header, bar, staging, summary, rset, exc)
+                continue
             except GeneratorFailure as exc:
                 raise BuildFailed(f"set '{rset.name}': the generator failed (a configuration or code problem, "
                                   f"not one sample's): {exc}") from exc
@@ -403,6 +431,21 @@ def _run_sets(resolved, store, out_plan, state, ranks, todo, summary, versions, 
         del generator
         if n + 1 < len(active):  # release the accelerator before the next set's model loads
             _free_memory()
+
+
+def _zoo_job(generator, job: ShardJob, store: Store, folder: str, header: dict, bar, staging, summary, rset,
+             error) -> bool:
+    """Before a zoo shard (`error` None): activate its model; after a `ModelFailure` (`error`): record it.
+    True when the shard was written as a model-failure shard (no samples, the model's failure record)."""
+    failure = generator.fail(job.model, error, "generate") if error is not None else generator.activate(job.model)
+    if failure is None:
+        return False
+    write_model_failure_shard(store, folder, job, failure, {**header, "model": job.model},
+                              plan_record([sample_key(rset.name, r) for r in job.records]), staging)
+    summary.setdefault("model_failures", {})[job.model] = failure["class"]
+    if error is None:
+        bar.update(len(job.records))
+    return True
 
 
 def _free_memory() -> None:
