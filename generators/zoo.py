@@ -386,11 +386,11 @@ class ZooGenerator(Generator):
                 raise ModelFailure(failure_record(exc, name, "generate")) from exc
             except Exception as exc:  # noqa: BLE001 - sorted below: OOM halves, others retried one by one
                 if classify(exc) == "OOM":
-                    if bs == 1:
+                    if len(chunk) == 1:
                         raise ModelFailure(failure_record(exc, name, "generate at batch size 1")) from exc
-                    self.batch[name] = max(1, bs // 2)
-                    log.warning("zoo: model '%s' ran out of memory at batch size %d; retrying at %d", name, bs,
-                                self.batch[name])
+                    self.batch[name] = max(1, len(chunk) // 2)
+                    log.warning("zoo: model '%s' ran out of memory at batch size %d; retrying at %d", name,
+                                len(chunk), self.batch[name])
                     continue
                 try:
                     res = self.inner.generate_varied(chunk)

@@ -284,8 +284,8 @@ def _source_identity(src: SourceConfig) -> dict:
 def _content_settings(r: ResolvedSet) -> dict:
     """Generator settings that change the images (batch size and dtype choice do not enter the hash)."""
     data = to_dict(r.generator_cfg)
-    for k in ("batch_size", "description", "tiny", "model_id"):
-        data.pop(k, None)
+    for k in ("batch_size", "description", "tiny", "model_id", "failure_budget"):  # a zoo's budget: like
+        data.pop(k, None)                                                     # max_failed_fraction, not content
     if not data.get("sample"):  # added later: absent keeps the hashes of earlier builds
         data.pop("sample", None)
     data["model"] = r.model_label
