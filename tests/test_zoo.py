@@ -14,6 +14,7 @@ from builder_helpers import write_build_config
 
 from fakeforge.build.config import resolve_build
 from fakeforge.build.runner import BuildFailed, build
+from fakeforge.cli import main as cli_main
 from fakeforge.shards.manifest import collect_stats
 from fakeforge.shards.verify import verify_dataset as verify
 
@@ -78,6 +79,21 @@ def test_broken_model_is_one_recorded_failure_with_its_class(zoo_build):
     shards = [st for st in collect_stats(root / "out", "zoo") if st.get("model") == "broken"]
     assert shards and all(st["written"] == 0 and st["model_failure"]["class"] == "missing" for st in shards)
     assert summary["manifest"]["zoo"]["failed"] == 0  # a model failure is not counted as failed samples
+
+
+def test_card_zoo_report_and_stats_show_per_model_counts(zoo_build, capsys):
+    root, _cfg, summary, _calls = zoo_build
+    card = (root / "out" / "README.md").read_text()
+    assert "### Models of set zoo" in card and "| broken | 0 | 0 | missing: ConfigError" in card
+    sd2 = summary["models"]["zoo"]["sd2"]["written"]
+    assert f"| sd2 | {sd2} | 0 | - |" in card
+    capsys.readouterr()
+    assert cli_main(["zoo", "report", str(root / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "set zoo: 5 models" in out and "FAILED [missing]" in out
+    assert cli_main(["stats", "--sets", str(root / "out"), "--max-images", "4"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["models"]["zoo"]["sd2"]["written"] == sd2 and stats["models"]["zoo"]["broken"]["failure"]
 
 
 def test_out_of_memory_halves_that_models_batch_and_retries(zoo_build):

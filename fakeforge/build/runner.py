@@ -293,12 +293,15 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
                  "same command to complete it)" for k, v in manifest["sets"].items()
                  if v["shard_jobs_done"] != v["shard_jobs"]]
     failures += over_budget(store, manifest, resolved.config.max_failed_fraction)
-    for rset, _jobs in plans:
-        if is_zoo(rset):
-            models = model_summary(collect_stats(store, rset.name))
-            summary.setdefault("models", {})[rset.name] = models
-            failures += budget_lines(rset.name, models, rset.generator_cfg.allowed_failures(),
-                                     len(rset.generator_cfg.models))
+    zoo_sets = [rset for rset, _jobs in plans if is_zoo(rset)]
+    for rset in zoo_sets:
+        models = model_summary(collect_stats(store, rset.name))
+        summary.setdefault("models", {})[rset.name] = models
+        manifest["sets"][rset.name]["models"] = models  # per-model counts and failures, for the card
+        failures += budget_lines(rset.name, models, rset.generator_cfg.allowed_failures(),
+                                 len(rset.generator_cfg.models))
+    if zoo_sets:
+        store.write_json(MANIFEST, manifest)
     if manifest["failed"] and not failures:
         log.warning("%d samples failed (their errors are in each shard's .stats.json); after fixing the "
                     "cause, rerun with --retry-failed to redo only the shards that have failures",
