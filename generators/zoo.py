@@ -214,10 +214,11 @@ def resolve_zoo(raw: dict, tiny: bool = False, tiny_root=None, path: str = "gene
             problems.append(f"{where}: duplicate model name '{name}' (also entry {seen_names[name]}); give one a "
                             "different 'name'")
             continue
-        label = gen_raw.get("model_id")
+        label = gen_raw.get("model_id") or ", ".join(str(st.get("model_id")) for st in gen_raw.get("stages") or []
+                                                     if isinstance(st, dict)) or None
         twin = gen_raw.get("tiny_twin") if tiny else None
         if twin:
-            label = f"tiny-twin:{twin} (of {gen_raw.get('model_id')})"
+            label = f"tiny-twin:{twin} (of {label})"
         revision = spec.get("revision")
         content = repr(sorted({**_identity(gcfg), "model": label, "revision": revision}.items()))
         if content in seen_content and not twin:
