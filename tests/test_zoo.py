@@ -124,6 +124,29 @@ def test_over_budget_is_one_line_then_retry_failed_redoes_only_that_model(zoo_bu
     assert verify(root / "out")["samples"] == 16
 
 
+def test_each_model_loads_once_and_a_nan_model_is_one_failure(tiny_dir):
+    from fakeforge.tiny import ensure_tiny
+    from generators import generator_config
+    from generators.base import GenRequest
+    from generators.zoo import ModelFailure
+
+    ensure_tiny("sd2", tiny_dir)
+    cls, cfg = generator_config({"type": "zoo", "models": ["sd2", {"name": "nan", "preset": "sd2",
+                                                                   "type": "nan_text2image"}]}, tiny=True,
+                                tiny_root=tiny_dir)
+    zoo = cls(cfg)
+    reqs = [GenRequest(key=f"zoo-{i}-0", prompt="a cat", seed=i) for i in range(3)]
+    assert zoo.activate("sd2") is None and zoo.activate("sd2") is None
+    assert all(r.image is not None and r.extra["model"] == "sd2" for r in zoo.generate_safe(reqs))
+    assert zoo.loads == ["sd2"]  # activating the current model again does not reload it
+    assert zoo.activate("nan") is None
+    with pytest.raises(ModelFailure) as err:
+        zoo.generate_safe(reqs)
+    assert err.value.info["class"] == "NaN" and "NaN" in err.value.info["reason"]
+    zoo.fail("nan", err.value, "generate")
+    assert zoo.activate("nan")["class"] == "NaN" and zoo.loads == ["sd2", "nan"]  # not retried in this run
+
+
 def test_every_model_over_budget_fails_with_one_line(tmp_path, tiny_dir):
     cfg = zoo_config(tmp_path / "z.yaml", tmp_path / "out", ["sd2", {"name": "broken", "type": "text2image",
                      "model_id": str(tmp_path / "nope"), "pipeline": "StableDiffusionPipeline"}], limit=4)

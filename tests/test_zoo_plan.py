@@ -55,7 +55,7 @@ def _zoo_jobs(n_models: int, per_model: int = 10, big: dict | None = None):
 
 
 def test_100_models_on_4_ranks_each_loaded_once_about_25_per_rank():
-    jobs = _zoo_jobs(100)
+    jobs = _zoo_jobs(100, per_model=30)  # three shard jobs per model
     per_rank = [{job.model for _, job in assign_jobs(jobs, r, 4)} for r in range(4)]
     assert sum(len(m) for m in per_rank) == 100  # no model on two ranks
     assert set().union(*per_rank) == {f"m{m:03d}" for m in range(100)}

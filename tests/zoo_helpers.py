@@ -22,3 +22,18 @@ class OomText2Image(Text2Image):
 
 
 GENERATORS.register("oom_text2image", "zoo_helpers:OomText2Image", "test only: Text2Image raising OOM above a batch")
+
+
+class NanText2Image(Text2Image):
+    """Text2Image whose pipeline output is NaN everywhere (fault injection, as fp16 overflow can make)."""
+
+    def generate(self, requests):
+        import numpy as np
+
+        from generators.diffusers_common import images_to_results
+
+        made = self.pipe(**self.common_call_kwargs(requests)).images
+        return images_to_results(np.full_like(made, np.nan))
+
+
+GENERATORS.register("nan_text2image", "zoo_helpers:NanText2Image", "test only: Text2Image whose outputs are NaN")
