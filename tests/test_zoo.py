@@ -155,7 +155,6 @@ def test_every_model_over_budget_fails_with_one_line(tmp_path, tiny_dir):
     assert "over failure_budget (0 allowed)" in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_sample_bytes_same_with_batch_1_or_4_and_1_or_2_ranks(tmp_path, tiny_dir):
     models = lambda bs: [{"preset": "sd2", "batch_size": bs}, {**MIXED, "batch_size": bs},  # noqa: E731
                          {"preset": "sd20", "batch_size": bs}]
