@@ -95,6 +95,10 @@ def run_stats(args: argparse.Namespace) -> int:
     stats = compute_mean_std(specs, args.image_size or 224, args.max_images, geometry=geometry)
     if geometry is not None:
         stats["preprocess"] = {k: v for k, v in geometry.to_dict().items() if k not in ("mean", "std", "source")}
+    from fakeforge.shards.manifest import zoo_models_of_specs
+
+    if zoo_models_of_specs(args.sets):  # zoo sets: samples and failures per model
+        stats["models"] = zoo_models_of_specs(args.sets)
     text = json.dumps(stats, indent=2)
     if args.out:
         Path(args.out).write_text(text)

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "shortcut audit: do format features alone (size, JPEG quality...) separate real from fake?"),
     "ls": ("fakeforge.builder.cli", "add_ls_arguments", "run_ls",
            "list registered generators, generator presets, attacks, detectors and tiny twins"),
+    "zoo": ("fakeforge.zoo_cli", "add_arguments", "run",
+            "model zoos: list hub models into a models file; per-model counts of a built zoo set"),
     "tiny-models": ("fakeforge.tiny.cli", "add_arguments", "run",
                     "build the tiny random-weight twins of every model family (offline)"),
     "train": ("detector.cli", "add_train_arguments", "run_train", "train a detector on shard sets"),

@@ -35,6 +35,8 @@ GENERATORS.register("reconstruct", "generators.reconstruct:Reconstruct",
                     "the real image reconstructed (VAE round trip, DRCT empty-mask inpainting, img2img), same size")
 GENERATORS.register("attack", "generators.attack:AttackGenerator",
                     "adversarial / backdoor / poisoning attack of the real image (presets in configs/attacks/)")
+GENERATORS.register("zoo", "generators.zoo:ZooGenerator",
+                    "many generators in one set: samples shared among models by weight (docs/zoo.md)")
 
 PRESET_DIR = CONFIG_ROOT / "generators"
 ATTACK_PRESET_DIR = CONFIG_ROOT / "attacks"  # attack presets resolve like generator presets (after them)
@@ -92,13 +94,20 @@ def generator_config(raw: dict, tiny: bool = False, tiny_root: str | Path | None
     `path` is the dotted key that error messages name (e.g. "sets.1.generator")."""
     from fakeforge.config import from_dict
 
+    from generators.sampling import split_space
+
     kind = raw.get("type")
     GENERATORS.check(kind)
+    if kind == "zoo":
+        from generators.zoo import resolve_zoo
+
+        return resolve_zoo(raw, tiny=tiny, tiny_root=tiny_root, path=path)
     cls = GENERATORS.get(kind)
     if tiny:
         if not isinstance(raw.get("tiny") or {}, dict):
             raise ConfigError(f"'{path}.tiny' = {raw.get('tiny')!r} must be a mapping")
         raw = deep_merge(raw, raw.get("tiny") or {})
+    raw = split_space(raw, cls.config_class, path)
     cfg = from_dict(cls.config_class, raw, path)
     if tiny and cfg.tiny_twin:
         from fakeforge.twins import TWINS

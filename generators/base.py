@@ -123,7 +123,51 @@ class Generator:
         data = to_dict(self.config)
         data.pop("tiny", None)
         data.pop("description", None)
+        if not data.get("sample"):
+            data.pop("sample", None)
         return data
+
+    def batch_order(self, keys: list[str]) -> list[int]:
+        """The order a shard's samples are batched and written in: samples with equal per-sample settings
+        next to each other (see generators/sampling.py); the shard's own order without any."""
+        from generators.sampling import grouped_order
+
+        return grouped_order(getattr(self.config, "sample", None) or {}, keys)
+
+    def use_settings(self, drawn: dict) -> None:
+        """Called before a group of samples with the per-sample settings `drawn` is made (after
+        `self.config` holds them). Subclasses swap what `config` alone does not reach (a scheduler)."""
+
+    def generate_varied(self, requests: list[GenRequest], safe: bool = True) -> list[GenResult]:
+        """`generate_safe` (or with `safe=False` plain `generate`), once per group of requests with equal
+        per-sample settings, each group with its drawn values in `self.config`; every result records its
+        drawn values under `extra["sampled"]`. Without a `sample` space this is `generate_safe`."""
+        from generators import sampling
+
+        space = getattr(self.config, "sample", None) or {}
+        call = self.generate_safe if safe else self.generate
+        if not space:
+            return call(requests)
+        groups: dict[str, list[int]] = {}
+        drawn_of: dict[str, dict] = {}
+        for i, req in enumerate(requests):
+            drawn = sampling.draw(space, req.key)
+            sig = sampling.signature(drawn)
+            groups.setdefault(sig, []).append(i)
+            drawn_of[sig] = drawn
+        results: list[GenResult | None] = [None] * len(requests)
+        base = self.config
+        for sig, idx in groups.items():
+            self.config = sampling.apply(base, drawn_of[sig])
+            try:
+                self.use_settings(drawn_of[sig])
+                out = _checked(call([requests[i] for i in idx]), len(idx))
+            finally:
+                self.config = base
+            for i, res in zip(idx, out):
+                res.extra = {**res.extra, "sampled": drawn_of[sig]}
+                results[i] = res
+        return results
 
     def generate_safe(self, requests: list[GenRequest]) -> list[GenResult]:
         """`generate`, but a failing batch is retried one sample at a time, and errors that belong to

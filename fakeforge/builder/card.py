@@ -102,6 +102,22 @@ def _set_rows(manifest: dict, build: dict) -> list[dict]:
     return rows
 
 
+def zoo_model_lines(manifest: dict) -> list[str]:
+    """A table per zoo set (sets whose manifest entry has `models`): samples, failures and fault per model."""
+    lines: list[str] = []
+    for name, info in manifest.get("sets", {}).items():
+        models = info.get("models")
+        if not models:
+            continue
+        lines += [f"### Models of set {name}", "", "| model | samples | failed samples | model failure |",
+                  "|---|---|---|---|"]
+        for model, m in models.items():
+            fault = f"{m['failure']['class']}: {m['failure']['reason']}" if m.get("failure") else "-"
+            lines.append(f"| {model} | {m.get('written', 0)} | {m.get('failed', 0)} | {fault.replace('|', '/')} |")
+        lines.append("")
+    return lines
+
+
 def dataset_card(manifest: dict, build: dict, audit: dict | None = None, grids: dict[str, str] | None = None,
                  image_members: list[str] | None = None) -> str:
     """The card's text from the manifest, the resolved build config, (optionally) the audit, and the image
@@ -133,6 +149,7 @@ def dataset_card(manifest: dict, build: dict, audit: dict | None = None, grids: 
         lines.append(f"| {r['name']} | {r['label']} | {r['count']} | {r['failed']} | {r['source']} | "
                      f"{r['generator']} | {r['model'] or '-'} |")
     lines += ["", f"Total: {total} samples; config hash `{manifest.get('config_hash')}`.", ""]
+    lines += zoo_model_lines(manifest)
     if grids:
         lines += ["## Samples", ""]
         for name, rel in grids.items():

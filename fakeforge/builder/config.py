@@ -284,9 +284,9 @@ def _source_identity(src: SourceConfig) -> dict:
 def _content_settings(r: ResolvedSet) -> dict:
     """Generator settings that change the images (batch size and dtype choice do not enter the hash)."""
     data = to_dict(r.generator_cfg)
-    for k in ("batch_size", "description", "tiny", "model_id", "memory", "compile"):  # memory/speed: same images
+    for k in ("batch_size", "description", "tiny", "model_id", "memory", "compile", "failure_budget"):  # memory/speed: same images
         data.pop(k, None)
-    for k, empty in (("lora", []), ("fuse_lora", True), ("dtypes", {})):  # added later: the default keeps old hashes
+    for k, empty in (("lora", []), ("fuse_lora", True), ("dtypes", {}), ("sample", {})):  # added later: the default keeps old hashes
         if data.get(k, empty) == empty:
             data.pop(k, None)
     for spec in data.get("lora") or []:  # a LoRA twin's folder is where it was built, not what it is

@@ -65,11 +65,13 @@ def check_unique_keys(set_name: str, records: list[Record]) -> None:
 
 @dataclass
 class ShardJob:
-    """One unit of work: shard `index` of `set_name`, holding `records` in order."""
+    """One unit of work: shard `index` of `set_name`, holding `records` in order; `model`: the model of a
+    zoo set that makes it (fakeforge/builder/zoo_plan.py), None for other sets."""
 
     set_name: str
     index: int
     records: list[Record]
+    model: str | None = None
 
 
 def job_keys(set_name: str, job: ShardJob) -> list[str]:

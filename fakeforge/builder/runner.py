@@ -41,11 +41,20 @@ from fakeforge.builder.progress import make_progress
 from fakeforge.builder.ranks import Ranks, build_lock, process_state, resolve_ranks
 from fakeforge.builder.worker import BatchReport, run_shard
 from fakeforge.interrupts import Terminated, install_handlers, mark_reported
-from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest
+from fakeforge.builder.zoo_plan import (
+    assign_jobs,
+    budget_lines,
+    is_zoo,
+    model_summary,
+    plan_zoo_shards,
+    write_model_failure_shard,
+)
+from fakeforge.shards.manifest import MANIFEST, SET_RECORD, build_manifest, collect_stats
 from fakeforge.shards.store import Store, redact_url
 from fakeforge.shards.writer import ShardWriteError, existing_marker, list_shard_files, plan_record, shard_state
 from fakeforge.sources import check_images_exist, load_records
 from generators.base import GeneratorFailure, ModelFault
+from generators.zoo import ModelFailure
 
 __all__ = ["BuildFailed", "BuildOptions", "BuildRun", "DiskFullError", "Terminated", "build", "plan_build"]
 log = logging.getLogger("fakeforge.builder")
@@ -69,7 +78,12 @@ def plan_build(resolved: ResolvedBuild, state, workdir: Path | None = None
         check_unique_keys(rset.name, records)
         if rset.generator_cls.needs_source_image and rset.source.require_images:
             check_images_exist(records, f"set '{rset.name}'")
-        plans.append((rset, plan_shards(rset.name, records, resolved.config.shards.max_count)))
+        if is_zoo(rset):
+            jobs = plan_zoo_shards(rset.name, records, resolved.config.shards.max_count,
+                                   [(m["name"], m["weight"]) for m in rset.generator_cfg.models])
+        else:
+            jobs = plan_shards(rset.name, records, resolved.config.shards.max_count)
+        plans.append((rset, jobs))
     return plans
 
 
@@ -204,7 +218,7 @@ def _build_locked(run: BuildRun) -> dict:
     state.wait_for_everyone()
 
     all_jobs = [(rset, job) for rset, jobs in plans for job in jobs]
-    mine = [(rset, job) for i, (rset, job) in enumerate(all_jobs) if i % ranks.world == ranks.rank]
+    mine = assign_jobs(all_jobs, ranks.rank, ranks.world)
     todo, redone = _todo(store, out_plan, mine, run.options.retry_failed, run.options.verify_existing)
     run.summary = summary = {"rank": ranks.rank, "shards_total": len(all_jobs), "shards_mine": len(mine),
                "shards_skipped": len(mine) - len(todo), "shards_redone": redone, "written": 0, "failed": 0,
@@ -317,6 +331,15 @@ def _finish(resolved, store: Store, plans, out_plan, versions, summary) -> list[
                  "same command to complete it)" for k, v in manifest["sets"].items()
                  if v["shard_jobs_done"] != v["shard_jobs"]]
     failures += over_budget(store, manifest, resolved.config.max_failed_fraction)
+    zoo_sets = [rset for rset, _jobs in plans if is_zoo(rset)]
+    for rset in zoo_sets:
+        models = model_summary(collect_stats(store, rset.name))
+        summary.setdefault("models", {})[rset.name] = models
+        manifest["sets"][rset.name]["models"] = models  # per-model counts and failures, for the card
+        failures += budget_lines(rset.name, models, rset.generator_cfg.allowed_failures(),
+                                 len(rset.generator_cfg.models))
+    if zoo_sets:
+        store.write_json(MANIFEST, manifest)
     if manifest["failed"] and not failures:
         log.warning("%d samples failed (their errors are in each shard's .done.json); after fixing the "
                     "cause, rerun with --retry-failed to redo only the shards that have failures",
@@ -405,24 +428,31 @@ def _run_sets(run: BuildRun, todo) -> None:
                   "source": rset.source.kind, "settings": settings, "set_hash": rset.set_hash,
                   "versions": run.versions}
         header = {"set": rset.name, "set_hash": rset.set_hash, "rank": run.ranks.rank}
-        guard = SetGuard(rset.name, sum(len(j.records) for j in jobs))
+        guard = SetGuard(rset.name, sum(len(j.records) for j in jobs)) if not is_zoo(rset) else None
 
         def on_batch(report: BatchReport, guard=guard):
             bar.update(report.size)
             summary["written"] += report.ok
             summary["failed"] += report.size - report.ok
-            guard(report)
+            if guard is not None:  # a zoo's models fail one by one (generators/zoo.py), not the set
+                guard(report)
             run.lock.check()
 
         for job in jobs:
             bar.set_postfix_str(f"{rset.name}/{job.index:06d}")
+            if job.model is not None and _zoo_job(run, generator, job, rset, header, None):
+                continue
             try:
                 result = run_shard(job, generator, run.store, run.out_plan.folders[rset.name], rset.image,
-                                   base_seed=resolved.config.seed, common_meta=common, header=header, pool=run.pool,
+                                   base_seed=resolved.config.seed, common_meta=common, pool=run.pool,
+                                   header=header if job.model is None else {**header, "model": job.model},
                                    on_batch=on_batch, limits=rset.source.image_limits, staging=run.staging,
                                    plan=plan_record(job_keys(rset.name, job)),
                                    max_size_bytes=int(resolved.config.shards.max_size_mb * 2**20),
                                    publisher=run.publisher)
+            except ModelFailure as exc:
+                _zoo_job(run, generator, job, rset, header, exc)
+                continue
             except GeneratorFailure as exc:
                 raise BuildFailed(f"set '{rset.name}': the generator failed (a configuration or code problem, "
                                   f"not one sample's): {exc}") from exc
@@ -436,6 +466,20 @@ def _run_sets(run: BuildRun, todo) -> None:
         del generator
         if n + 1 < len(active):  # release the accelerator before the next set's model loads
             _free_memory()
+
+
+def _zoo_job(run: BuildRun, generator, job: ShardJob, rset: ResolvedSet, header: dict, error) -> bool:
+    """Before a zoo shard (`error` None): activate its model; after a `ModelFailure` (`error`): record it.
+    True when the shard was written as a model-failure shard (no samples, the model's failure record)."""
+    failure = generator.fail(job.model, error, "generate") if error is not None else generator.activate(job.model)
+    if failure is None:
+        return False
+    write_model_failure_shard(run.store, run.out_plan.folders[rset.name], job, failure, {**header, "model": job.model},
+                              plan_record(job_keys(rset.name, job)), run.staging)
+    run.summary.setdefault("model_failures", {})[job.model] = failure["class"]
+    if error is None:
+        run.bar.update(len(job.records))
+    return True
 
 
 def _free_memory() -> None:

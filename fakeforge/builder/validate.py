@@ -117,6 +117,9 @@ def validate_build(target: str, tiny: bool) -> Report:
         needs = rset.generator_cls.needs_source_image
         report.problems += source_checks(f"sets.{i}.source", rset.source, needs)
         problems, notes = model_id_checks(f"sets.{i}.generator", rset.generator_cfg, tiny)
+        for j, entry in enumerate(getattr(rset.generator_cfg, "entries", [])):  # a zoo: every model's ids
+            more, more_notes = model_id_checks(f"sets.{i}.generator.models.{j} ({entry.name})", entry.cfg, tiny)
+            problems, notes = problems + more, notes + more_notes
         report.problems += problems
         report.notes += notes
     report.detail = f"sets {', '.join(s.name for s in resolved.sets)} (config_hash {resolved.hash})"

@@ -86,7 +86,8 @@ def run_shard(job: ShardJob, generator: Generator, store: Store, set_rel: str, p
     the shard the same way (nothing of it stays)."""
     sink = ShardSink(store, set_rel, job.index, max_size_bytes, header, staging=staging, plan=plan)
     bs = generator.config.batch_size
-    batches = [job.records[i:i + bs] for i in range(0, len(job.records), bs)]
+    records = [job.records[i] for i in generator.batch_order([sample_key(job.set_name, r) for r in job.records])]
+    batches = [records[i:i + bs] for i in range(0, len(records), bs)]
     needs_image = generator.needs_source_image
     gen_seconds = 0.0
 
@@ -113,7 +114,7 @@ def run_shard(job: ShardJob, generator: Generator, store: Store, set_rel: str, p
                 next_prep = pool.submit(_prepare, batches[b + 1], job.set_name, base_seed, needs_image, limits)
             todo = [req for req, err in prepared if err is None]
             start = time.perf_counter()
-            made = iter(generator.generate_safe(todo) if todo else [])
+            made = iter(generator.generate_varied(todo) if todo else [])
             gen_seconds += time.perf_counter() - start
             results = [next(made) if err is None else GenResult(error=err) for _, err in prepared]
             for w in writes:  # a failed write stops the shard now, not after every batch is generated

@@ -93,3 +93,23 @@ class Manifest:
     def counts(self) -> dict[str, int]:
         """Samples per set."""
         return {name: int(v.get("count", 0)) for name, v in self.sets.items()}
+
+
+def zoo_models(dataset: str) -> dict[str, dict]:
+    """Set name -> per-model summary for every zoo set of a built dataset (from its manifest.json)."""
+    manifest = Store(dataset, "dataset").read_json("manifest.json") or {}
+    return {name: info["models"] for name, info in (manifest.get("sets") or {}).items() if info.get("models")}
+
+
+def zoo_models_of_specs(specs: list[str]) -> dict[str, dict]:
+    """Per-model summaries of the zoo sets among `fakeforge stats`-style set specs (dataset folders, or
+    a set folder inside one); {} when none is a zoo set."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        path = Path(str(spec).split("=", 1)[-1])
+        for folder, only in ((path, None), (path.parent, path.name)):
+            if (folder / "manifest.json").is_file():
+                found = zoo_models(str(folder))
+                out.update({k: v for k, v in found.items() if only is None or k == only})
+                break
+    return out

@@ -161,6 +161,8 @@ def shard_state(store: Store | Path, set_rel: str, index: int, *, plan: dict | N
         return False, f"its done-marker {marker} counts do not add up"
     if without_failures and stats.get("failed"):
         return False, f"it recorded {stats['failed']} failed sample(s) (--retry-failed)"
+    if without_failures and stats.get("model_failure"):
+        return False, f"its model '{stats.get('model')}' failed (--retry-failed)"
     return True, None
 
 
