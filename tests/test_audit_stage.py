@@ -43,7 +43,11 @@ def test_png_attack_beside_jpeg_reals_is_warned_and_flagged_and_one_policy_passe
 def test_shipped_build_configs_encode_real_and_fake_alike():
     from fakeforge.config import CONFIG_ROOT
 
+    from test_shipped_configs import AWAITING  # configs that name presets not shipped yet
+
     for path in sorted((CONFIG_ROOT / "build").glob("*.yaml")):
+        if path.stem in AWAITING:
+            continue
         assert encoding_mismatches(resolve_build(str(path), tiny=True, demo_data=True)) == [], path.name
     bad = resolve_build("demo_test", ["sets.5.generator.lossless=true"], tiny=True)
     assert [m.split(":")[0] for m in encoding_mismatches(bad)] == \

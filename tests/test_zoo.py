@@ -156,6 +156,17 @@ def test_every_model_over_budget_fails_with_one_line(tmp_path, tiny_dir):
 
 
 def test_sample_bytes_same_with_batch_1_or_4_and_1_or_2_ranks(tmp_path, tiny_dir):
+    import torch
+
+    before = torch.get_num_threads()  # image bytes depend on the thread count: the session's fixed two threads
+    torch.set_num_threads(2)  # (module fixtures elsewhere drop to one thread for speed)
+    try:
+        _bytes_same(tmp_path, tiny_dir)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bytes_same(tmp_path, tiny_dir):
     models = lambda bs: [{"preset": "sd2", "batch_size": bs}, {**MIXED, "batch_size": bs},  # noqa: E731
                          {"preset": "sd20", "batch_size": bs}]
     runs = {}
