@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "check a built dataset folder against its manifest"),
     "audit": ("fakeforge.audit", "add_arguments", "run",
               "shortcut audit: do format features alone (size, JPEG quality...) separate real from fake?"),
+    "push": ("fakeforge.push", "add_arguments", "run",
+             "upload a verified build (card, manifest, shards) to a Hugging Face hub dataset repo"),
     "ls": ("fakeforge.builder.cli", "add_ls_arguments", "run_ls",
            "list registered generators, generator presets, attacks, detectors and tiny twins"),
     "zoo": ("fakeforge.zoo_cli", "add_arguments", "run",
