@@ -101,4 +101,6 @@ def test_antifakeprompt_v1_prints_the_seven_method_table(tmp_path, tiny_dir, cap
     names = ["zero-shot", "antifakeprompt", "cnnspot", "defake", "dire", "instructblip_lora", "npr"]
     assert all(n in rows for n in names), sorted(rows)
     for n in names[1:]:
-        assert rows[n][1] == "train" and rows[n][2] not in ("", "?", "-"), rows[n]
+        assert rows[n][1] == "coco vs sd2", rows[n]
+    for n in names[2:]:
+        assert rows[n][2] not in ("", "?", "–"), rows[n]
