@@ -82,3 +82,25 @@ def test_every_pipeline_runs_on_demo_data(name, tmp_path, tiny_dir):
     assert main(["run", "--config", name, "--tiny", "--demo-data", "--out", str(out),
                  "--set", "evaluate.limit=4"]) == 0
     assert (out / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_antifakeprompt_v1_prints_the_seven_method_table(tmp_path, tiny_dir, capsys):
+    """One command trains every baseline on the AntifakePrompt row's data and prints one table with seven rows."""
+    out = tmp_path / "v1"
+    assert main(["run", "--config", "antifakeprompt_v1", "--tiny", "--demo-data", "--out", str(out),
+                 "--set", "evaluate.limit=4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "Method" in line and "#params" in line)
+    rows = {}
+    for line in lines[header + 1:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or set(cells[0]) <= set("-: "):
+            continue
+        rows[cells[0]] = cells
+    names = ["zero-shot", "antifakeprompt", "cnnspot", "defake", "dire", "instructblip_lora", "npr"]
+    assert all(n in rows for n in names), sorted(rows)
+    for n in names[1:]:
+        assert rows[n][1] == "coco vs sd2", rows[n]
+    for n in names[2:]:
+        assert rows[n][2] not in ("", "?", "–"), rows[n]
