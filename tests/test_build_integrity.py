@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -157,21 +158,31 @@ def test_write_error_drops_the_shard_and_the_rerun_completes_it(tmp_path, tiny_d
 
 
 def test_three_builds_launched_together_one_builds_the_others_exit(tmp_path, tiny_dir):
-    """The first build takes the lock; two more launched while it runs exit at once naming it. (The first
-    is started alone until it holds the lock, so a loaded machine cannot reorder the launches.)"""
+    """The first build takes the lock; two more launched while it holds it exit at once naming it.
+
+    The first is started alone until it holds the lock and is then stopped (SIGSTOP) while the others run:
+    a stopped process keeps its `flock`, so neither a loaded machine nor a fast one (where the first
+    used to finish before the others had started, and they found a finished dataset) can reorder the
+    launches. It is continued (SIGCONT) once both others have exited and must then finish its build."""
     from fakeforge.locking import OutputLock
     from fakeforge.tiny import ensure_tiny
 
     ensure_tiny("sd2", tiny_dir)
-    long_sd2 = [{"name": "sd2", "generator": {"preset": "sd2", "batch_size": 1, "num_inference_steps": 150}}]
+    long_sd2 = [{"name": "sd2", "generator": {"preset": "sd2", "batch_size": 1, "num_inference_steps": 20}}]
     cfg = write_build_config(tmp_path / "c.yaml", tmp_path / "out", long_sd2, {"kind": "demo", "limit": 8})
     first = _child(_build_args(cfg, tiny_dir), tiny_dir)
     lock = OutputLock(tmp_path / "out", "probe")
     deadline = time.time() + 300
     while lock.holder().get("pid") != first.pid and first.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    others = [_child(_build_args(cfg, tiny_dir), tiny_dir) for _ in range(2)]
-    results = [(c.wait(timeout=600), *c.communicate()) for c in (first, *others)]
+        time.sleep(0.05)
+    assert first.poll() is None, "the first build ended before it was seen holding the lock"
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        others = [_child(_build_args(cfg, tiny_dir), tiny_dir) for _ in range(2)]
+        other_results = [(c.wait(timeout=300), *c.communicate()) for c in others]
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    results = [(first.wait(timeout=600), *first.communicate()), *other_results]
     assert [r[0] for r in results] == [0, 2, 2], [r[2][-1500:] for r in results]
     for code, _out, err in results[1:]:
         line = err.strip().splitlines()[-1]

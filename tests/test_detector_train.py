@@ -267,13 +267,31 @@ def test_training_and_validation_samples_are_disjoint(tiny_instructblip, tmp_pat
 
 
 def test_two_launches_on_one_folder_one_trains(tiny_instructblip, tmp_path):
-    """Two `train.py` launched together on one --out: one trains, the other exits 2 with the lock message."""
+    """Two `train.py` launched together on one --out: one trains, the other exits 2 with the lock message.
+
+    Whichever takes the lock first is stopped (SIGSTOP keeps its `flock`) until the other has exited, so
+    a fast machine cannot let the winner finish before the loser has even tried the lock."""
+    from fakeforge.locking import OutputLock
+
     data = write_dataset(tmp_path / "data", n_real=16, n_fake=16)
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), *_args(out, data, "--set", "train.epochs=1",
                                                           "--set", "train.steps_per_epoch=12")]
     procs = [subprocess.Popen(cmd, env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
+    by_pid = {p.pid: p for p in procs}
+    lock, deadline = OutputLock(out, "probe"), time.time() + 300
+    while lock.holder().get("pid") not in by_pid and all(p.poll() is None for p in procs) \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    winner = by_pid.get(lock.holder().get("pid"))
+    assert winner is not None and winner.poll() is None, [p.stderr.read()[-1500:] for p in procs if p.poll()]
+    loser = next(p for p in procs if p is not winner)
+    os.kill(winner.pid, signal.SIGSTOP)
+    try:
+        loser.wait(timeout=300)
+    finally:
+        os.kill(winner.pid, signal.SIGCONT)
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], [err[-1500:] for _, err in results]
