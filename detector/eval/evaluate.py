@@ -88,7 +88,6 @@ def score_set(detector, spec: SetSpec, transform: Callable, batch_size: int = 8,
     return out
 
 
-# --------------------------------------------------------------------------------------------- metrics
 # --------------------------------------------------------------------------------------------- reports
 def markdown_table(summary: dict, method: str = "AntifakePrompt", train_set: str = "", params: int | None = None) -> str:
     """results.md of one detector: the paper-layout row (`tables.paper_table`), then AUC/AP per set and the
