@@ -492,9 +492,18 @@ def run(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         print(f"fakeforge run: error: {exc}", file=sys.stderr)
         return 1
+    if result["evals"]:
+        print("\n" + results_table(result["evals"], cfg.evaluate.held_in))
     if result["report"]:
         print(f"report: {result['report']}")
     return 0
+
+
+def results_table(evals: list[Path], held_in) -> str:
+    """The paper-layout Markdown table of a pipeline's eval folders (the report's first table)."""
+    from detector.eval.report import accuracy_table, load_eval_dir
+
+    return accuracy_table([load_eval_dir(e) for e in evals], set(held_in or ()))[1]
 
 
 # ------------------------------------------------------------------------------------------- demo

@@ -94,6 +94,11 @@ def test_rerun_reuses_finished_stages(clean_run):
     res = subprocess.run(_cmd(pipe, out), env=env, capture_output=True, text=True, check=True)
     assert "train 'afp': finished earlier with the same config and data, reused" in res.stdout
     assert "eval 'afp': same checkpoint and data as before, reused" in res.stdout
+    # the run ends with the report's paper-layout table: a row per detector with its #params
+    table = [line.strip("| ").split(" | ") for line in res.stdout.splitlines() if line.startswith("| ")]
+    assert table[0][:3] == ["Method", "Train set", "#params"], table
+    rows = {cells[0]: cells for cells in table[1:]}  # the |---| rule does not start with "| "
+    assert set(rows) == {"afp", "untrained"} and rows["afp"][2] == rows["untrained"][2] == "80", rows
     assert (out / "train" / "afp" / "best" / "pseudo_word.safetensors").stat().st_mtime_ns == before
 
 

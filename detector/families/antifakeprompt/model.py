@@ -532,6 +532,7 @@ class AntifakePrompt(Detector):
 
     def report_info(self, method: str | None = None, preprocess: Preprocess | None = None) -> dict:
         return {"scoring": method or self.config.scoring, "prompt": self.prompt,
+                "trainable_parameters": self.num_trainable(),  # the table's #params (0 for zero-shot)
                 "prompt_pieces": self.prompt_pieces(), "precision": self.precision.as_dict(),
                 "preprocess": preprocess_dict(preprocess or self.preprocess)}
 
