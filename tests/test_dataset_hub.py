@@ -2,7 +2,9 @@
 config gives that set; the card describes the manifest's tars only (a stray tar is ignored, named once)."""
 from __future__ import annotations
 
+import json
 import logging
+import tarfile
 
 import pytest
 import yaml
@@ -51,6 +53,26 @@ def test_load_dataset_gives_every_set_with_one_schema_and_each_config_one_set(bu
         one = _load(out, name, cache=root / "hf1")
         assert len(one) == 3 and {r["set"] for r in one["json"]} == {name}
     assert "linf" in _load(out, "backdoor", cache=root / "hf1")[0]["json"], "a set's config keeps all its metadata"
+
+    # the default config keeps every scalar (or list-of-scalar) field that all samples carry with one type,
+    # with the values the tars hold (nested settings differ per generator: those stay in the set configs)
+    in_tars = {}
+    for tar in sorted(out.glob("*/*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    in_tars[m.name[:-len(".json")]] = json.loads(tf.extractfile(m).read())
+
+    def kind(value):
+        return ("list", *sorted({type(v).__name__ for v in value})) if isinstance(value, list) else type(value).__name__
+
+    shared = {k for k in set.intersection(*(set(meta) for meta in in_tars.values()))
+              if len({kind(meta[k]) for meta in in_tars.values() if meta[k] is not None} - {"dict"}) == 1}
+    assert {"label", "set", "caption_id", "seed", "generated_size", "source_size"} <= shared
+    assert len(in_tars) == len(every)
+    for row in every:
+        meta = in_tars[row["__key__"]]
+        assert {k: row["json"][k] for k in shared} == {k: meta[k] for k in shared}, row["__key__"]
 
 
 def test_a_stray_tar_is_left_out_of_the_card_and_named_once(built, tiny_dir, caplog):

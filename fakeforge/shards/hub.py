@@ -8,7 +8,8 @@ interrupted copy, a file dropped there by hand) is neither read for the card nor
 (an attack records its distances, an inpainting its mask; fields that are null in one set are numbers in
 another), so a schema inferred from one set's first samples cannot hold another's. The card therefore
 declares the schema of the default config `all` (every set): every image member any set has (absent
-ones are null), and a `json` column typed with the fields every sample carries (`SAMPLE_FIELDS`);
+ones are null), and a `json` column typed with the fields every sample carries (`SAMPLE_FIELDS`; `source_size`
+is null where the source gave none);
 set-specific metadata stays in each set's own config (schema inferred from that set, everything kept)
 and in the tars. `ds.flatten()` turns `json` into top-level `json.label`, `json.set`, ... columns.
 """
@@ -22,7 +23,7 @@ __all__ = ["SAMPLE_FIELDS", "default_config_name", "hub_header", "listed_tars", 
 SAMPLE_FIELDS: dict[str, object] = {
     "label": "string", "set": "string", "key": "string", "generator": "string", "generator_type": "string",
     "model_id": "string", "source": "string", "set_hash": "string", "caption": "string", "caption_id": "string",
-    "source_image_id": "string", "seed": "int64",
+    "source_image_id": "string", "seed": "int64", "generated_size": ["int64"], "source_size": ["int64"],
     "image": {"width": "int64", "height": "int64", "format": "string", "quality": "int64", "resize": "string",
               "size": "int64"},
 }
@@ -65,6 +66,8 @@ def member_extensions(first_sample_members: dict[str, list[str]]) -> list[str]:
 def _feature(name: str, dtype) -> dict:
     if isinstance(dtype, dict):
         return {"name": name, "struct": [_feature(k, v) for k, v in dtype.items()]}
+    if isinstance(dtype, list):  # [dtype]: a list of that type
+        return {"name": name, "sequence": dtype[0]}
     return {"name": name, "dtype": dtype}
 
 

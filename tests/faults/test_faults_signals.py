@@ -29,7 +29,7 @@ def test_build_signals_at_any_moment_then_rerun_gives_the_same_bytes(tmp_path, t
     before = snapshot(tmp_path, hurt_out)
 
     def markers(n):
-        return lambda: len(list(hurt_out.glob("*/*.stats.json"))) >= n
+        return lambda: len(list(hurt_out.glob("*/*.done.json"))) >= n
 
     # start-up: imports, argument parsing and config resolution, before the first shard
     for sig, after in ((signal.SIGTERM, 0.0), (signal.SIGINT, 0.3), (signal.SIGTERM, 1.0)):
