@@ -86,6 +86,8 @@ def test_draws_depend_on_the_key_only_and_respect_bounds():
     assert {d["num_inference_steps"] for d in draws} == {4, 25, 50}
     assert {d["call_kwargs.max_sequence_length"] for d in draws} == {128, 129, 130}
     assert all(3.0 <= d["guidance_scale"] <= 12.0 for d in draws)
+    for name in space:  # each setting's draw is its own: adding or removing another setting leaves it alone
+        assert [sampling.draw({name: space[name]}, k)[name] for k in KEYS[:600]] == [d[name] for d in draws]
     order = sampling.grouped_order({"num_inference_steps": {"choice": [1, 2]}}, KEYS[:20])
     sigs = [sampling.draw({"num_inference_steps": {"choice": [1, 2]}}, KEYS[i])["num_inference_steps"]
             for i in order]
