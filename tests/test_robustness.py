@@ -187,3 +187,61 @@ def test_bad_protocol_is_one_line_before_any_model_loads(value, named, data, tmp
                          str(tmp_path / "o"), "--robustness", value])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and named in err[0]
+
+
+def test_eval_image_hook_equals_scoring_transformed_copies_and_its_failure_is_a_counted_error(
+        checkpoints, data, tmp_path):
+    """`EvalOptions.image_hook` (the per-image transform point of `evaluate`) changes what every detector
+    scores exactly like copies of the files transformed beforehand; a hook raising on one key is that
+    sample's recorded error, the others are scored."""
+    from PIL import ImageOps
+
+    from detector.data import parse_set_specs
+    from detector.eval.run import EvalOptions, evaluate
+    from detector.eval.side_by_side import score_sets
+
+    class Invert:
+        def apply(self, img, key=None):
+            return ImageOps.invert(img)
+
+    names = ["probe", "dfa"]
+    ckpts = [checkpoints[n] for n in names]
+    victim = next(iter(_scores(_scored(checkpoints, ["probe"], data))["probe"]["sd2"]))
+
+    def hook(key, img):
+        if key == victim:
+            raise ValueError("refused on purpose")
+        return ImageOps.invert(img)
+
+    res = evaluate(ckpts, [str(data)], EvalOptions(out=tmp_path / "hooked", names=names, batch_size=4, plots=False,
+                                                   progress=False, device="cpu", image_hook=hook))
+    copies = _degraded_copy(data, tmp_path / "inverted", Invert())
+    alone = _entries(checkpoints, names)
+    score_sets(alone, parse_set_specs([str(copies)]), batch_size=4, progress=False)
+    want = _scores(alone)
+    for n in names:
+        got = {r["key"]: float(r["p_fake"]) for r in _csv_rows(res.folders[n] / "scores.csv")}
+        expected = {k: v for s in want[n].values() for k, v in s.items() if k != victim}
+        assert got.keys() == expected.keys()
+        assert all(abs(got[k] - expected[k]) < 1e-5 for k in expected), n
+        results = json.loads((res.folders[n] / "results.json").read_text())
+        assert results["sets"]["sd2"]["errors"] == 1
+        assert results["sets"]["sd2"]["n"] == 9
+    clean = _scores(_scored(checkpoints, ["probe"], data))["probe"]
+    assert any(abs(clean[s][k] - want["probe"][s][k]) > 1e-4 for s in clean for k in clean[s])  # the hook mattered
+
+
+def _scored(checkpoints, names, data):
+    from detector.data import parse_set_specs
+    from detector.eval.side_by_side import score_sets
+
+    entries = _entries(checkpoints, names)
+    score_sets(entries, parse_set_specs([str(data)]), batch_size=4, progress=False)
+    return entries
+
+
+def _csv_rows(path):
+    import csv
+
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
