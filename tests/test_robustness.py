@@ -245,3 +245,29 @@ def _csv_rows(path):
 
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_a_condition_that_leaves_images_unchanged_is_counted_and_named(checkpoints, data, tmp_path, caplog):
+    """A resize to a size the images already are below changes nothing: the run counts those images, warns
+    once naming the condition, and the tables and the report say so (a flat curve is explained)."""
+    import logging
+
+    from detector.data import parse_set_specs
+    from detector.eval.report_robustness import robustness_section
+    from detector.eval.robustness import score_robustness, write_robustness
+
+    protocol = protocol_from_dict("t", {"conditions": {"big": "resize:4096", "half": "resize:0.5",
+                                                       "same_jpeg": "jpeg:95"}})
+    with caplog.at_level(logging.WARNING, logger="detector.eval.robustness"):
+        run = score_robustness(_entries(checkpoints, ["probe"]), parse_set_specs([str(data)]), protocol,
+                               batch_size=4, workers=2, progress=False)
+    assert run.unchanged == {"clean": 0, "big": 20, "half": 0, "same_jpeg": 0}
+    warned = [r.getMessage() for r in caplog.records if "unchanged" in r.getMessage()]
+    assert len(warned) == 1 and "'big' (resize:4096) left all 20 images unchanged" in warned[0]
+    write_robustness(run, tmp_path)
+    summary = json.loads((tmp_path / "robustness.json").read_text())
+    assert summary["conditions"]["big"]["unchanged"] == 20 and summary["conditions"]["big"]["images"] == 20
+    note = "big left 20 of 20 images unchanged"
+    assert note in (tmp_path / "robustness.md").read_text()
+    html_part, md_part = robustness_section(tmp_path / "robustness.json", plots=False)
+    assert note in html_part and note in md_part and "half left" not in md_part

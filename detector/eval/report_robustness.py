@@ -13,6 +13,12 @@ ROBUSTNESS_FILE = "robustness.json"
 METRICS = (("average_accuracy", "Average accuracy"), ("balanced_accuracy", "Balanced accuracy"), ("auc", "AUC"))
 
 
+def unchanged_note(name: str, cond: dict) -> str:
+    """One sentence for a condition of robustness.json that left some images pixel-identical."""
+    return (f"{name} left {cond['unchanged']} of {cond['images']} images unchanged (already within its bounds, "
+            "e.g. no larger than a resize's size): those score as clean.")
+
+
 def find_robustness(eval_dirs: list[str | Path]) -> Path | None:
     """The robustness.json of an eval: in one of the eval folders, or in their parent (a side-by-side eval
     writes it beside the per-detector folders)."""
@@ -100,6 +106,10 @@ def robustness_section(path: str | Path, plots: bool = True) -> tuple[str, str]:
             f"{c} {errors[c] - errors.get('clean', 0)}" for c in conds if errors[c] > errors.get("clean", 0))
         h.append(f"<p class=flag>{html.escape(text)}</p>")
         md += [text, ""]
+    notes = [unchanged_note(c, summary["conditions"][c]) for c in conds if summary["conditions"][c].get("unchanged")]
+    if notes:
+        h.append("<p class=flag>" + "<br>".join(html.escape(n) for n in notes) + "</p>")
+        md += [*notes, ""]
     if plots and summary.get("sweeps"):
         h.append("<h3>Curves per swept parameter</h3>")
         md += ["### Curves per swept parameter", ""]

@@ -28,6 +28,7 @@ import torch
 from detector.data import SetSpec, iter_set_images
 from detector.eval.evaluate import SetScores, _jsonable
 from detector.eval.metrics import balanced_accuracy, summarize
+from detector.eval.report_robustness import unchanged_note
 from detector.eval.tables import pct as _pct
 from detector.eval.side_by_side import Entry, entry_transforms, score_batch, stage_groups
 from fakeforge.degrade import DegradeError
@@ -46,22 +47,30 @@ class RobustnessRun:
     conditions: dict[str, list[Entry]]
     thumbnails: dict[str, list[tuple[str, object]]] = field(default_factory=dict)  # condition -> (key, PIL)
     timing: dict = field(default_factory=dict)
+    unchanged: dict[str, int] = field(default_factory=dict)  # condition -> images it left pixel-identical
+
+
+def _same_pixels(a, b) -> bool:
+    """Whether two PIL images hold the same pixels (a resize to a size the image already has, a crop of 1.0)."""
+    return a.size == b.size and a.convert("RGB").tobytes() == b.convert("RGB").tobytes()
 
 
 def _degrade_and_transform(chains: dict, transforms: dict, img, key: str, seed: int, keep_thumb: bool) -> dict:
-    """condition -> (tensors per preprocessing, thumbnail or None, error or None) for one decoded image."""
+    """condition -> (tensors per preprocessing, thumbnail or None, error or None, unchanged) for one decoded
+    image; `unchanged`: the condition left the image pixel-identical."""
     out = {}
     for cond, chain in chains.items():
         try:
             degraded = chain.apply(img, key=key, seed=seed) if chain else img
         except (DegradeError, ValueError, OSError) as exc:
-            out[cond] = (None, None, f"{cond} ({chain.spec()}): {exc}")
+            out[cond] = (None, None, f"{cond} ({chain.spec()}): {exc}", False)
             continue
         thumb = None
         if keep_thumb:
             thumb = degraded.copy()
             thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
-        out[cond] = ({k: tf(degraded) for k, tf in transforms.items()}, thumb, None)
+        unchanged = cond != CLEAN and _same_pixels(degraded, img)
+        out[cond] = ({k: tf(degraded) for k, tf in transforms.items()}, thumb, None, unchanged)
     return out
 
 
@@ -81,7 +90,7 @@ def score_robustness(entries: list[Entry], specs: list[SetSpec], protocol: Proto
                                                   for e in entries]) for c in chains}
     transforms = entry_transforms(entries)
     groups = {c: stage_groups(es) for c, es in conditions.items()}
-    run = RobustnessRun(protocol, conditions, {c: [] for c in chains})
+    run = RobustnessRun(protocol, conditions, {c: [] for c in chains}, unchanged={c: 0 for c in chains})
     timing = {"conditions": len(chains), "workers": workers, "wait_for_workers_s": 0.0, "scoring_s": 0.0}
     t_start = time.perf_counter()
     in_flight = max(2 * batch_size, 4 * max(workers, 1))
@@ -108,11 +117,12 @@ def score_robustness(entries: list[Entry], specs: list[SetSpec], protocol: Proto
                 t0 = time.perf_counter()
                 done = future.result()
                 timing["wait_for_workers_s"] += time.perf_counter() - t0
-                for cond, (tensors, thumb, err) in done.items():
+                for cond, (tensors, thumb, err, unchanged) in done.items():
                     if err is not None:
                         for e in conditions[cond]:
                             e.results[-1].errors.append((key, err))
                         continue
+                    run.unchanged[cond] += unchanged
                     if thumb is not None and len(run.thumbnails[cond]) < thumbnails:
                         run.thumbnails[cond].append((key, thumb))
                     for k, t in tensors.items():
@@ -148,7 +158,18 @@ def score_robustness(entries: list[Entry], specs: list[SetSpec], protocol: Proto
                     flush(cond)
     timing["total_s"] = time.perf_counter() - t_start
     run.timing = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
+    for cond, n in run.unchanged.items():
+        scored = _scored(conditions[cond])
+        if n and n == scored:
+            log.warning("robustness condition '%s' (%s) left all %d images unchanged (they are already within its "
+                        "bounds, e.g. no larger than a resize's size): its scores equal the clean ones", cond,
+                        chains[cond].spec(), n)
     return run
+
+
+def _scored(entries: list[Entry]) -> int:
+    """Images the first detector scored (every detector of a condition scores the same images)."""
+    return sum(len(r.keys) for r in entries[0].results) if entries else 0
 
 
 # ------------------------------------------------------------------------------------------- summaries
@@ -172,7 +193,8 @@ def robustness_summary(run: RobustnessRun, thresholds: dict[str, float] | None =
                 "average_set_auc": float(np.mean(fake_aucs)) if fake_aucs else math.nan,
                 "errors": sum(len(r.errors) for r in e.results),
                 "sets": {n: {k: v[k] for k in ("n", "errors", "accuracy", "auc", "ap")} for n, v in s["sets"].items()}}
-        conditions[cond] = {"chain": chain.spec(), "detectors": dets}
+        conditions[cond] = {"chain": chain.spec(), "detectors": dets, "images": _scored(es),
+                            "unchanged": run.unchanged.get(cond, 0)}
     return {"protocol": run.protocol.to_dict(), "sets": sets, "detectors": [e.label for e in
                                                                             next(iter(run.conditions.values()))],
             "conditions": conditions,
@@ -198,6 +220,7 @@ def robustness_markdown(summary: dict) -> str:
         cond = summary["conditions"][c]
         errors = max(v["errors"] for v in cond["detectors"].values())
         out += [f"## {c}: `{cond['chain']}`" + (f" ({errors} error(s) per detector)" if errors else ""), "",
+                *([unchanged_note(c, cond), ""] if cond.get("unchanged") else []),
                 "| Method | " + " | ".join(sets) + " | **Avg** | bal. acc | AUC | AP |",
                 "|---|" + "---|" * (len(sets) + 4)]
         for d in dets:
