@@ -70,6 +70,7 @@ for _name, _help in [("flux_schnell", "FluxPipeline (FLUX.1-schnell: no guidance
                      ("kandinsky22", "KandinskyV22CombinedPipeline (CLIP prior + MoVQ decoder)"),
                      ("sana", "SanaPipeline (Gemma-2 text encoder, DC-AE)"),
                      ("sd15", "StableDiffusionPipeline (SD1.5 layout, PNDM)"),
+                     ("ldm", "LDMTextToImagePipeline (LDMBert text encoder, KL autoencoder, DDIM)"),
                      ("sdxl_inpaint", "StableDiffusionXLInpaintPipeline (9-channel SDXL UNet)"),
                      ("lcm_lora_sd15", "UNet LoRA adapter fitting the sd15 twin (LCM-LoRA SD1.5 layout)"),
                      ("lcm_lora_sdxl", "UNet LoRA adapter fitting the sdxl twin (LCM-LoRA SDXL layout)")]:

@@ -14,12 +14,13 @@ from generators.base import GenRequest
 from generators.diffusers_options import LoraMismatchError
 
 TODAY = ["flux_schnell", "flux_dev", "sd35_large", "sd35_large_turbo", "sd35_medium", "pixart_sigma", "sd_turbo",
-         "sdxl_turbo", "sdxl_refiner", "kandinsky22", "sana", "lcm_sd15", "lcm_sdxl"]
+         "sdxl_turbo", "sdxl_refiner", "kandinsky22", "sana", "lcm_sd15", "lcm_sdxl", "sd15", "ldm"]
 
 # (steps, guidance) each preset carries for real weights: the model cards' recommended settings
 CARD = {"flux_schnell": (4, 0.0), "flux_dev": (50, 3.5), "sd35_large": (28, 3.5), "sd35_large_turbo": (4, 0.0),
         "sd35_medium": (40, 4.5), "pixart_sigma": (20, 4.5), "sd_turbo": (1, 0.0), "sdxl_turbo": (1, 0.0),
-        "kandinsky22": (100, 4.0), "sana": (20, 4.5), "lcm_sd15": (4, 1.0), "lcm_sdxl": (4, 1.0)}
+        "kandinsky22": (100, 4.0), "sana": (20, 4.5), "lcm_sd15": (4, 1.0), "lcm_sdxl": (4, 1.0), "sd15": (50, 7.5),
+        "ldm": (50, 6.0)}
 
 
 def _gen(raw, tiny_dir):

@@ -213,6 +213,23 @@ def build_sd15(out_dir: Path) -> None:
     StableDiffusionPipeline(**parts).save_pretrained(out_dir, safe_serialization=True)
 
 
+def build_ldm(out_dir: Path) -> None:
+    """CompVis/ldm-text2im-large-256 layout: LDMTextToImagePipeline (KL autoencoder saved as `vqvae`, LDMBert
+    text encoder with a BERT WordPiece tokenizer, conditional UNet, DDIM)."""
+    from diffusers import LDMTextToImagePipeline
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
+
+    from fakeforge.tiny.diffusers_twins import ddim_scheduler
+    from fakeforge.tiny.tokenizers import bert_tokenizer
+
+    tok = bert_tokenizer()
+    torch.manual_seed(0)
+    bert = LDMBertModel(LDMBertConfig(vocab_size=len(tok), max_position_embeddings=77, encoder_layers=2,
+                                      encoder_ffn_dim=64, encoder_attention_heads=4, head_dim=8, d_model=32))
+    LDMTextToImagePipeline(vqvae=tiny_vae(), bert=bert, tokenizer=tok, unet=tiny_unet(cross_attention_dim=32),
+                           scheduler=ddim_scheduler()).save_pretrained(out_dir, safe_serialization=True)
+
+
 def _lora_twin(out_dir: Path, base_unet, rank: int = 4, seed: int = 0) -> None:
     """A LoRA adapter for `base_unet` (peft LoRA layers on its attention projections, random B so it changes
     the output), saved in the diffusers/kohya-free format `load_lora_weights` reads."""

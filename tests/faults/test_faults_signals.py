@@ -55,7 +55,7 @@ def test_build_signals_at_any_moment_then_rerun_gives_the_same_bytes(tmp_path, t
 def test_train_signals_at_start_up_and_mid_epoch_then_resume_equals_straight_run(tmp_path, tiny_instructblip):
     from detector_helpers import write_dataset
 
-    from detector.checkpoint import read_rows
+    from detector.families.antifakeprompt.checkpoint import read_rows
 
     data = write_dataset(tmp_path / "data", n_real=40, n_fake=40, shards=2)
     val = write_dataset(tmp_path / "val", n_real=4, n_fake=4, seed=21)
