@@ -50,15 +50,10 @@ class RobustnessRun:
     unchanged: dict[str, int] = field(default_factory=dict)  # condition -> images it left pixel-identical
 
 
-def _same_pixels(a, b) -> bool:
-    """Whether two PIL images hold the same pixels (a resize to a size the image already has, a crop of 1.0)."""
-    return a.size == b.size and a.convert("RGB").tobytes() == b.convert("RGB").tobytes()
-
-
 def _degrade_and_transform(chains: dict, transforms: dict, img, key: str, seed: int, keep_thumb: bool) -> dict:
     """condition -> (tensors per preprocessing, thumbnail or None, error or None, unchanged) for one decoded
     image; `unchanged`: the condition left the image pixel-identical."""
-    out = {}
+    out, source_pixels = {}, None
     for cond, chain in chains.items():
         try:
             degraded = chain.apply(img, key=key, seed=seed) if chain else img
@@ -69,7 +64,10 @@ def _degrade_and_transform(chains: dict, transforms: dict, img, key: str, seed: 
         if keep_thumb:
             thumb = degraded.copy()
             thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
-        unchanged = cond != CLEAN and _same_pixels(degraded, img)
+        unchanged = False  # a resize to a size the image already has, a crop of 1.0, ...
+        if cond != CLEAN and degraded.size == img.size:
+            source_pixels = source_pixels or img.convert("RGB").tobytes()
+            unchanged = degraded.convert("RGB").tobytes() == source_pixels
         out[cond] = ({k: tf(degraded) for k, tf in transforms.items()}, thumb, None, unchanged)
     return out
 
