@@ -35,6 +35,8 @@ GENERATORS.register("reconstruct", "generators.reconstruct:Reconstruct",
                     "the real image reconstructed (VAE round trip, DRCT empty-mask inpainting, img2img), same size")
 GENERATORS.register("attack", "generators.attack:AttackGenerator",
                     "adversarial / backdoor / poisoning attack of the real image (presets in configs/attacks/)")
+GENERATORS.register("degrade", "generators.degrade:DegradeSet",
+                    "degraded copies of an earlier set of the build (jpeg, blur, resize, ...; docs/robustness.md)")
 GENERATORS.register("zoo", "generators.zoo:ZooGenerator",
                     "many generators in one set: samples shared among models by weight (docs/zoo.md)")
 

@@ -237,9 +237,15 @@ def resolve_build_collect(config: str | Path | None = None, overrides: list[str]
         if missing:
             log.warning("set '%s' skipped (optional): %s not found", s.name, missing)
             skipped.append(s.name)
+    originals = _bind_originals(resolved, [s.name for s in cfg.sets], problems)
     for r in resolved:
+        if r.name in originals:  # a degrade set: labelled like its original, changed when its original is
+            r.generator_cfg.of_label = set_label(originals[r.name])
+            r.generator_cfg.of_set_hash = originals[r.name].set_hash
         r.settings = set_settings(r, cfg, tiny)
         r.set_hash = config_hash(r.settings)
+    resolved = [r for r in resolved if not (getattr(r.generator_cls, "reads_other_set", False)
+                                            and r.name not in originals)]
     built = [r for r in resolved if r.name not in skipped]
     if resolved and not built:
         problems.append(f"every set of this build was skipped: the data of the optional sets {skipped} is absent")
@@ -248,6 +254,34 @@ def resolve_build_collect(config: str | Path | None = None, overrides: list[str]
     # skipped sets stay in the hash, so the folder can be resumed once their data is there
     whole = dataset_hash({r.name: {"set_hash": r.set_hash, "limit": r.source.limit} for r in resolved})
     return ResolvedBuild(cfg, built, tiny, whole, raw, tiny_root, skipped), problems
+
+
+def _bind_originals(resolved: list[ResolvedSet], order: list[str], problems: list[str]) -> dict[str, ResolvedSet]:
+    """{degrade set name: the set it copies}. `of` must name a set listed before it (so no chain of copies can
+    loop) with the same source, and not a zoo set; anything else is a problem naming the set."""
+    from fakeforge.builder.zoo_plan import is_zoo
+
+    by_name = {r.name: r for r in resolved}
+    found = {}
+    for r in resolved:
+        if not getattr(r.generator_cls, "reads_other_set", False):
+            continue
+        of, where = r.generator_cfg.of, f"sets.{order.index(r.name)}.generator.of (set '{r.name}')"
+        earlier = order[:order.index(r.name)]
+        if of not in earlier:
+            problems.append(f"{where}: '{of}' is not a set listed before this one "
+                            f"({', '.join(earlier) or 'none is'}); a degrade set copies an earlier set of its build")
+        elif of not in by_name:
+            problems.append(f"{where}: set '{of}' has problems of its own (see above)")
+        elif is_zoo(by_name[of]):
+            problems.append(f"{where}: '{of}' is a zoo set, whose shards are spread over ranks by model; "
+                            "degrade one of its models' sets instead")
+        elif _source_identity(by_name[of].source) != _source_identity(r.source):
+            problems.append(f"{where}: set '{of}' reads another source; a degrade set must keep its original's "
+                            "source (same records, same keys)")
+        else:
+            found[r.name] = by_name[of]
+    return found
 
 
 def set_settings(r: ResolvedSet, cfg: BuildConfig, tiny: bool) -> dict:
@@ -284,7 +318,8 @@ def _source_identity(src: SourceConfig) -> dict:
 def _content_settings(r: ResolvedSet) -> dict:
     """Generator settings that change the images (batch size and dtype choice do not enter the hash)."""
     data = to_dict(r.generator_cfg)
-    for k in ("batch_size", "description", "tiny", "model_id", "memory", "compile", "failure_budget"):  # memory/speed: same images
+    for k in ("batch_size", "description", "tiny", "model_id", "memory", "compile", "failure_budget",  # speed: same images
+              "of_location", "of_label"):  # where a degrade set's original lies, and its label: not what it is
         data.pop(k, None)
     for k, empty in (("lora", []), ("fuse_lora", True), ("dtypes", {}), ("sample", {})):  # added later: the default keeps old hashes
         if data.get(k, empty) == empty:
@@ -301,4 +336,6 @@ def set_label(rset: ResolvedSet) -> str:
     label is the source's (`download` generator + `source.label`)."""
     if getattr(rset.generator_cls, "label_from_source", False) and rset.source.label:
         return rset.source.label
+    if getattr(rset.generator_cls, "reads_other_set", False) and rset.generator_cfg.of_label:
+        return rset.generator_cfg.of_label  # a degrade set: its original's label
     return rset.generator_cls.label

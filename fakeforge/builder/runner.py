@@ -414,6 +414,9 @@ def _run_sets(run: BuildRun, todo) -> None:
     active = [rset for rset in resolved.sets if any(s is rset for s, _ in todo)]
     for n, rset in enumerate(active):
         jobs = [job for s, job in todo if s is rset]
+        if getattr(rset.generator_cls, "reads_other_set", False):  # a degrade set reads its original back
+            of = rset.generator_cfg.of
+            rset.generator_cfg.of_location = str(run.store.url(run.out_plan.folders.get(of, of)))
         generator = rset.generator_cls(rset.generator_cfg, device=str(run.state.device))
         generator.image_policy = rset.image
         try:
