@@ -320,6 +320,43 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- convert
+def add_convert_dire_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of `fakeforge convert-dire`."""
+    p.add_argument("src", help="released DIRE classifier (.pth, e.g. lsun_adm.pth): {'model': ResNet-50 state dict}")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--model-id", default=None,
+                   help="diffusers id or folder of the diffusion model the file was trained with (default: "
+                        "configs/detector/dire.yaml's)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps each way (default: the config's: 20, or 4 "
+                   "with --tiny)")
+    p.add_argument("--tiny", action="store_true", help="the tiny twins (the file must be a twin-sized ResNet)")
+    p.add_argument("--device", default=None)
+
+
+def run_convert_dire(args: argparse.Namespace) -> int:
+    """A released DIRE `.pth` (tensors only) -> a DIRE checkpoint folder that eval/detect open like any other."""
+    from dataclasses import replace
+
+    from detector.families.dire import DireConfig, dire_from_official
+    from detector.official_weights import read_weight_file
+    from fakeforge.config import deep_merge, from_dict, load_yaml, resolve_named_config
+
+    read_weight_file(args.src)  # an odd or unsafe file is refused before --out is made
+    _writable(args.out, "--out")
+    raw = load_yaml(resolve_named_config("dire", "detector"))  # the shipped recipe (and its tiny: block)
+    model = deep_merge(raw.get("model") or {}, ((raw.get("tiny") or {}).get("model") or {}) if args.tiny else {})
+    config = from_dict(DireConfig, model, "model")
+    if args.model_id:
+        config = replace(config, model_id=args.model_id)
+    if args.steps is not None:
+        config = replace(config, steps=args.steps)
+    detector = dire_from_official(args.src, config, device=args.device, tiny=args.tiny)
+    out = detector.save(args.out, training={"source": f"converted from official DIRE checkpoint {Path(args.src).name}"})
+    print(f"converted {args.src} -> {out}: DIRE classifier, {detector.num_trainable():,} parameters, on diffusion "
+          f"model {detector.config.model_id!r} with {detector.config.steps} DDIM steps each way")
+    return 0
+
+
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of `fakeforge convert-antifakeprompt`."""
     from detector.families.antifakeprompt.model import DEFAULT_MODEL_ID, OFFICIAL_LLM_ID

@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "self-contained report.html/report.md from one or more eval folders, side by side"),
     "convert-antifakeprompt": ("detector.cli", "add_convert_arguments", "run_convert",
                                "convert an official AntifakePrompt LAVIS checkpoint"),
+    "convert-dire": ("detector.cli", "add_convert_dire_arguments", "run_convert_dire",
+                     "convert a released DIRE classifier (.pth) into a DIRE checkpoint folder"),
 }
 
 

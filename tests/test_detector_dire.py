@@ -180,3 +180,30 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(run, data, tmp_path):
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.allclose(resumed[key].float(), straight[key].float(), atol=1e-5), key
+
+
+def test_a_released_dire_file_converts_into_a_checkpoint_that_scores_like_its_classifier(run, data, tmp_path, capsys):
+    """`fakeforge convert-dire FILE.pth`: DIRE's released layout ({'model': ResNet state dict, plain keys, 1-logit
+    fc}, made here from a trained twin's classifier) becomes a DIRE checkpoint folder whose classifier holds exactly
+    the file's tensors and scores like the detector they came from; other layouts and extra tensors are refused."""
+    from detector.checkpoint import load_detector
+
+    trained = run["trainer"].detector
+    official = {k[len("classifier."):]: v for k, v in trained.checkpoint_state().items()}
+    src = tmp_path / "lsun_adm.pth"
+    torch.save({"model": official, "optimizer": {}, "total_steps": 7}, src)
+    out = tmp_path / "converted"
+    assert fakeforge_main(["convert-dire", str(src), "--out", str(out), "--tiny"]) == 0
+    assert "converted" in capsys.readouterr().out
+    det = load_detector(out, device="cpu", tiny=True)
+    for k, v in official.items():
+        assert torch.equal(det.state_dict()[f"classifier.{k}"], v), k
+    x, _ = load_tensors(data["test"], det.preprocess)
+    assert torch.equal(det.score(x), trained.score(x))
+    torch.save({"model": {**official, "extra.weight": torch.zeros(1)}}, tmp_path / "extra.pth")
+    assert fakeforge_main(["convert-dire", str(tmp_path / "extra.pth"), "--out", str(tmp_path / "x"), "--tiny"]) == 2
+    assert "unexpected ['classifier.extra.weight']" in capsys.readouterr().err
+    torch.save({"weight": torch.zeros(1, 768), "bias": torch.zeros(1)}, tmp_path / "fc_weights.pth")
+    assert fakeforge_main(["convert-dire", str(tmp_path / "fc_weights.pth"), "--out", str(tmp_path / "y"),
+                           "--tiny"]) == 2
+    assert "keys are those of 'linear_probe'" in capsys.readouterr().err

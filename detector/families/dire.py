@@ -280,3 +280,28 @@ def _default_root() -> Path:
     from detector.families.frozen.feature_cache import default_root
 
     return default_root() / "dire"
+
+
+def dire_from_official(path: str | Path, config: DireConfig | None = None, device=None, tiny: bool = False) -> Dire:
+    """A DIRE detector whose classifier holds a released DIRE weight file (`lsun_adm.pth`, ...).
+
+    DIRE's trainer saves `{'model': ResNet-50 state dict with a 1-logit fc}`, the CNNSpot layout, so the file
+    cannot say by its keys that it is DIRE's: this is called explicitly (`fakeforge convert-dire`). The file is
+    read tensors-only (`detector.official_weights`); missing, unexpected or wrongly shaped tensors are refused.
+    `config` names the diffusion model and steps the classifier was trained with (default: DireConfig's)."""
+    from detector.official_weights import check_tensors, family_of, read_weight_file
+
+    state = read_weight_file(path)
+    source = f"official DIRE weight file '{path}'"
+    found = family_of(state)
+    if found != "cnnspot":
+        raise CheckpointError(f"{source} is not a ResNet classifier with one logit (DIRE's released layout); its "
+                              f"keys are those of {found or 'no known detector'!r}")
+    detector = Dire.from_config(replace(config or DireConfig(), pretrained=False), device=device, tiny=tiny)
+    tensors = {f"classifier.{k}": v for k, v in state.items()}
+    expected = detector.checkpoint_state()
+    check_tensors(tensors, expected, source, detector.name)
+    counters = {k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}
+    detector.load_checkpoint_state({k: v.to(expected[k].dtype) for k, v in {**counters, **tensors}.items()},
+                                   source=source)
+    return detector.eval()
