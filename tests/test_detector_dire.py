@@ -199,7 +199,9 @@ def test_a_released_dire_file_converts_into_a_checkpoint_that_scores_like_its_cl
     for k, v in official.items():
         assert torch.equal(det.state_dict()[f"classifier.{k}"], v), k
     x, _ = load_tensors(data["test"], det.preprocess)
-    assert torch.equal(det.score(x), trained.score(x))
+    # the trained detector reads DIRE images cached during training; the converted one computes them again
+    # (another thread count in a full run rounds the DDIM loop differently): equal up to that rounding
+    assert torch.allclose(det.score(x), trained.score(x), atol=2e-3)
     torch.save({"model": {**official, "extra.weight": torch.zeros(1)}}, tmp_path / "extra.pth")
     assert fakeforge_main(["convert-dire", str(tmp_path / "extra.pth"), "--out", str(tmp_path / "x"), "--tiny"]) == 2
     assert "unexpected ['classifier.extra.weight']" in capsys.readouterr().err
