@@ -43,3 +43,16 @@ def keys_of(out: Path) -> list[str]:
         with tarfile.open(tar) as tf:
             keys |= {m.name.split(".", 1)[0] for m in tf if m.isfile()}
     return sorted(keys)
+
+
+def set_samples(folder: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {member extension: bytes} of every sample in the tars of one set folder."""
+    import tarfile
+
+    found: dict[str, dict[str, bytes]] = {}
+    for tar in sorted(Path(folder).glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                found.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    return found

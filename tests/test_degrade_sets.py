@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
+from builder_helpers import set_samples as samples
 from builder_helpers import write_build_config
 from PIL import Image
 
@@ -22,16 +21,6 @@ from fakeforge.shards.verify import verify_dataset
 SETS = [{"name": "photos", "generator": "real"}, {"name": "sd2", "generator": "sd2"},
         {"name": "sd2_q30", "generator": {"type": "degrade", "of": "sd2", "ops": "jpeg:30+noise:6"}},
         {"name": "photos_half", "generator": {"type": "degrade", "of": "photos", "ops": "resize:0.5"}}]
-
-
-def samples(folder: Path) -> dict[str, dict[str, bytes]]:
-    found: dict[str, dict[str, bytes]] = {}
-    for tar in sorted(folder.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, ext = m.name.split(".", 1)
-                found.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return found
 
 
 @pytest.fixture(scope="module")

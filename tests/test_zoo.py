@@ -7,13 +7,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zoo_helpers
-from builder_helpers import write_build_config
+from builder_helpers import set_samples, write_build_config
 from PIL import Image
 
 from fakeforge.builder.config import resolve_build
@@ -40,13 +39,7 @@ def zoo_config(path: Path, out: Path, models: list, limit: int = 16, **gen) -> P
 
 def samples(out: Path) -> dict[str, dict]:
     """key -> {png bytes, json} of every sample under `out/zoo`."""
-    found: dict[str, dict] = {}
-    for tar in sorted((out / "zoo").glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, ext = m.name.split(".", 1)
-                found.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return found
+    return set_samples(out / "zoo")
 
 
 @pytest.fixture(scope="module")
