@@ -72,11 +72,12 @@ class DegradeSet(Generator):
             raise RuntimeError("a degrade set is built by the builder, which tells it where set "
                                f"'{self.config.of}' is (generator.of_location is empty)")
         self.chain = parse_chain(self.config.ops)
-        self._where: dict[str, object] = {}  # original key -> its tar
+        self._where: dict[str, tuple] = {}  # original key -> (its tar, {extension: (offset, size)})
         self._indexed: set[str] = set()
 
     def _index(self) -> None:
-        """Map the keys of the original set's finished tars (each tar read once, headers only)."""
+        """Where each member of the original set's finished tars lies (one header pass per tar, nothing else
+        read): key -> (tar, {extension: (data offset, size)}), so a sample is then one seek and read."""
         import tarfile
 
         from fakeforge.shards.reader import list_tars, open_shard, shard_id
@@ -86,19 +87,28 @@ class DegradeSet(Generator):
                 continue
             with open_shard(tar) as fh, tarfile.open(fileobj=fh, mode="r|") as tf:
                 for member in tf:
-                    self._where.setdefault(member.name.split("/")[-1].split(".", 1)[0], tar)
+                    if not member.isfile():
+                        continue
+                    key, _, ext = member.name.split("/")[-1].partition(".")
+                    self._where.setdefault(key, (tar, {}))[1][ext.lower()] = (member.offset_data, member.size)
             self._indexed.add(shard_id(tar))
 
     def _original(self, key: str) -> dict[str, bytes]:
         """The members {extension: bytes} of the original sample `key`."""
-        from fakeforge.shards.reader import iter_members
+        from fakeforge.shards.reader import open_shard
 
         if key not in self._where:
             self._index()  # tars finished since the last look (this rank's shard of the same index)
         if key not in self._where:
             raise SampleError(f"sample {key} is not in set '{self.config.of}' (it failed there, or that set's "
                               "shard is missing: rebuild it first)")
-        return {ext: data for k, ext, data in iter_members([self._where[key]], lambda k, e: k == key)}
+        tar, members = self._where[key]
+        out = {}
+        with open_shard(tar) as fh:
+            for ext, (offset, size) in members.items():
+                fh.seek(offset)
+                out[ext] = fh.read(size)
+        return out
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         from fakeforge.images import load_rgb
