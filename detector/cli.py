@@ -339,13 +339,13 @@ def run_convert_dire(args: argparse.Namespace) -> int:
 
     from detector.families.dire import DireConfig, dire_from_official
     from detector.official_weights import read_weight_file
-    from fakeforge.config import deep_merge, from_dict, load_yaml, resolve_named_config
+    from detector.train.config import resolve_train_data
+    from fakeforge.config import from_dict
 
     read_weight_file(args.src)  # an odd or unsafe file is refused before --out is made
     _writable(args.out, "--out")
-    raw = load_yaml(resolve_named_config("dire", "detector"))  # the shipped recipe (and its tiny: block)
-    model = deep_merge(raw.get("model") or {}, ((raw.get("tiny") or {}).get("model") or {}) if args.tiny else {})
-    config = from_dict(DireConfig, model, "model")
+    recipe = resolve_train_data("dire", tiny=args.tiny)  # the shipped recipe (with its tiny: block)
+    config = from_dict(DireConfig, recipe.get("model") or {}, "model")
     if args.model_id:
         config = replace(config, model_id=args.model_id)
     if args.steps is not None:

@@ -95,11 +95,12 @@ def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Te
 
 
 def load_official_into(detector, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Copy an official CNNSpot/NPR file's tensors into a built detector of that family (strict, see above)."""
+    """Copy an official CNNSpot/NPR/DIRE file's tensors into a built detector of that family (strict, see above)."""
     state = read_weight_file(path) if state is None else state
     source = f"official weight file '{path}'"
     found = family_of(state)
-    if found != detector.name:
+    layout = getattr(detector, "official_layout", detector.name)  # DIRE's files have CNNSpot's layout
+    if found != layout:
         raise CheckpointError(f"{source} has the key layout of {found or 'no known detector'!r}, not "
                               f"{detector.name!r}")
     tensors = type(detector).official_keys(state)

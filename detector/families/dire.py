@@ -153,6 +153,7 @@ class Dire(Detector):
     name: ClassVar[str] = "dire"
     config_class: ClassVar[type] = DireConfig
     state_prefixes: ClassVar[tuple[str, ...]] = ("classifier.",)
+    official_layout: ClassVar[str] = "cnnspot"  # released files: CNNSpot's ResNet keys (`dire_from_official`)
     min_train_batch: ClassVar[int] = 2  # BatchNorm
 
     def __init__(self, config: DireConfig, unet: nn.Module, scheduler_config, classifier: nn.Module):
@@ -191,6 +192,11 @@ class Dire(Detector):
             torch.manual_seed(config.seed)  # the new 1-logit fc
             classifier = timm.create_model(name, pretrained=config.pretrained, num_classes=1)
         return cls(config, pipe.unet, pipe.scheduler.config, classifier).to(pick_device(device))
+
+    @staticmethod
+    def official_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A released file's plain ResNet keys (conv1.weight, ..., fc.bias) -> this detector's (classifier.*)."""
+        return {f"classifier.{k}": v for k, v in state.items()}
 
     def train(self, mode: bool = True) -> Dire:
         super().train(mode)
@@ -289,19 +295,13 @@ def dire_from_official(path: str | Path, config: DireConfig | None = None, devic
     cannot say by its keys that it is DIRE's: this is called explicitly (`fakeforge convert-dire`). The file is
     read tensors-only (`detector.official_weights`); missing, unexpected or wrongly shaped tensors are refused.
     `config` names the diffusion model and steps the classifier was trained with (default: DireConfig's)."""
-    from detector.official_weights import check_tensors, family_of, read_weight_file
+    from detector.official_weights import family_of, load_official_into, read_weight_file
 
     state = read_weight_file(path)
-    source = f"official DIRE weight file '{path}'"
     found = family_of(state)
-    if found != "cnnspot":
-        raise CheckpointError(f"{source} is not a ResNet classifier with one logit (DIRE's released layout); its "
-                              f"keys are those of {found or 'no known detector'!r}")
+    if found != Dire.official_layout:
+        raise CheckpointError(f"official DIRE weight file '{path}' is not a ResNet classifier with one logit (DIRE's "
+                              f"released layout); its keys are those of {found or 'no known detector'!r}")
     detector = Dire.from_config(replace(config or DireConfig(), pretrained=False), device=device, tiny=tiny)
-    tensors = {f"classifier.{k}": v for k, v in state.items()}
-    expected = detector.checkpoint_state()
-    check_tensors(tensors, expected, source, detector.name)
-    counters = {k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}
-    detector.load_checkpoint_state({k: v.to(expected[k].dtype) for k, v in {**counters, **tensors}.items()},
-                                   source=source)
+    load_official_into(detector, path, state)  # strict: missing, unexpected, wrongly shaped tensors refused
     return detector.eval()
