@@ -112,19 +112,16 @@ class DegradeSet(Generator):
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         from fakeforge.images import load_rgb
-        from fakeforge.shards.reader import IMAGE_KEYS
+        from fakeforge.shards.reader import sample_image_bytes
 
         out = []
         for req in requests:
             source_key = self.config.of + req.key[req.key.index("-"):]  # set names hold no '-'
             try:
                 members = self._original(source_key)
-                image_ext = next((e for e in members if e.rsplit(".", 1)[-1] in IMAGE_KEYS and "." not in e), None)
-                if image_ext is None:
-                    raise SampleError(f"sample {source_key} of set '{self.config.of}' has no image member")
-                img = load_rgb(members[image_ext], name=source_key)
-                degraded = self.chain.apply(img, key=source_key)
-            except (SampleError, ValueError, OSError) as exc:
+                _ext, data = sample_image_bytes({"__key__": source_key, **members})
+                degraded = self.chain.apply(load_rgb(data, name=source_key), key=source_key)
+            except (SampleError, KeyError, ValueError, OSError) as exc:
                 out.append(GenResult(error=f"{type(exc).__name__}: {exc}"))
                 continue
             original = json.loads(members["json"]) if "json" in members else {}
