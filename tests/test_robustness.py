@@ -197,6 +197,7 @@ def test_eval_image_hook_equals_scoring_transformed_copies_and_its_failure_is_a_
     from PIL import ImageOps
 
     from detector.data import parse_set_specs
+    from detector.eval.report import load_eval_dir
     from detector.eval.run import EvalOptions, evaluate
     from detector.eval.side_by_side import score_sets
 
@@ -206,7 +207,8 @@ def test_eval_image_hook_equals_scoring_transformed_copies_and_its_failure_is_a_
 
     names = ["probe", "dfa"]
     ckpts = [checkpoints[n] for n in names]
-    victim = next(iter(_scores(_scored(checkpoints, ["probe"], data))["probe"]["sd2"]))
+    clean = _scores(_scored(checkpoints, ["probe"], data))["probe"]
+    victim = next(iter(clean["sd2"]))
 
     def hook(key, img):
         if key == victim:
@@ -220,14 +222,13 @@ def test_eval_image_hook_equals_scoring_transformed_copies_and_its_failure_is_a_
     score_sets(alone, parse_set_specs([str(copies)]), batch_size=4, progress=False)
     want = _scores(alone)
     for n in names:
-        got = {r["key"]: float(r["p_fake"]) for r in _csv_rows(res.folders[n] / "scores.csv")}
+        got = {key: p for rows in load_eval_dir(res.folders[n]).samples.values() for key, _label, p in rows}
         expected = {k: v for s in want[n].values() for k, v in s.items() if k != victim}
         assert got.keys() == expected.keys()
         assert all(abs(got[k] - expected[k]) < 1e-5 for k in expected), n
         results = json.loads((res.folders[n] / "results.json").read_text())
         assert results["sets"]["sd2"]["errors"] == 1
         assert results["sets"]["sd2"]["n"] == 9
-    clean = _scores(_scored(checkpoints, ["probe"], data))["probe"]
     assert any(abs(clean[s][k] - want["probe"][s][k]) > 1e-4 for s in clean for k in clean[s])  # the hook mattered
 
 
@@ -239,12 +240,6 @@ def _scored(checkpoints, names, data):
     score_sets(entries, parse_set_specs([str(data)]), batch_size=4, progress=False)
     return entries
 
-
-def _csv_rows(path):
-    import csv
-
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_a_condition_that_leaves_images_unchanged_is_counted_and_named(checkpoints, data, tmp_path, caplog):
