@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 
 import pytest
 import yaml
-from builder_helpers import write_build_config
+from builder_helpers import set_samples, write_build_config
 
 from fakeforge.builder.config import resolve_build
 from fakeforge.builder.runner import build
@@ -56,12 +55,8 @@ def test_load_dataset_gives_every_set_with_one_schema_and_each_config_one_set(bu
 
     # the default config keeps every scalar (or list-of-scalar) field that all samples carry with one type,
     # with the values the tars hold (nested settings differ per generator: those stay in the set configs)
-    in_tars = {}
-    for tar in sorted(out.glob("*/*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".json"):
-                    in_tars[m.name[:-len(".json")]] = json.loads(tf.extractfile(m).read())
+    in_tars = {key: json.loads(members["json"]) for folder in sorted(out.iterdir()) if folder.is_dir()
+               for key, members in set_samples(folder).items()}
 
     def kind(value):
         return ("list", *sorted({type(v).__name__ for v in value})) if isinstance(value, list) else type(value).__name__
